@@ -1,0 +1,30 @@
+# The README's first two commands: `make demo` and `make test`. Both bootstrap .venv when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lowbit-installed
+EXTRAS := dev,nlp,peers
+
+.PHONY: demo test bench clean-venv
+
+# Re-runs only when the dependency list changes; the package itself is installed editable.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/lowbit demo
+
+# pytest exits 5 when it collected nothing: that is a failure, never a silent success.
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/observer_cost.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/weight_sqnr.py
+
+clean-venv:
+	rm -rf $(VENV)

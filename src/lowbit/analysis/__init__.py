@@ -1,0 +1,11 @@
+"""Read models and tensors, never change them: error metrics and quantization-error tables.
+
+Example:
+    >>> import torch, lowbit
+    >>> lowbit.analysis.cosine(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 2.0]))
+    1.0
+"""
+
+from lowbit.analysis.metrics import cosine, max_abs_error, mse, sqnr
+
+__all__ = ["sqnr", "mse", "cosine", "max_abs_error"]

@@ -1,0 +1,161 @@
+"""Non-uniform codes: the 8-bit dynamic tree map and block-wise quantization against any sorted code.
+
+A code is a sorted 1-D float32 tensor of values in ``[−1, 1]``; a tensor is stored as indices into it plus one
+float32 ``absmax`` per block (docs/math.md, eqs. 14–15). The dynamic tree map (Dettmers, "8-Bit Approximations
+for Parallelism in Deep Learning", 2016) is reproduced value for value as bitsandbytes builds it, so 8-bit
+optimizer state written by lowbit means the same numbers as bitsandbytes'.
+
+Example:
+    >>> import torch
+    >>> code = create_dynamic_map(signed=True)
+    >>> len(code), round(float(code[0]), 6), float(code[-1])
+    (256, -0.992969, 1.0)
+    >>> x = torch.tensor([0.5, -0.01, 0.0, 2.0])
+    >>> codes, absmax = quantize_blockwise(x, code, block_size=256)
+    >>> dequantize_blockwise(codes, absmax, code, block_size=256)
+    tensor([ 0.4953, -0.0104,  0.0000,  2.0000])
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["create_dynamic_map", "quantize_blockwise", "dequantize_blockwise"]
+
+
+def _segment_midpoints(count: int) -> torch.Tensor:
+    """Midpoints of ``count`` equal segments of ``[0.1, 1]``, computed in float32 as the published map is."""
+    edges = torch.linspace(0.1, 1.0, count + 1, dtype=torch.float32)
+    return (edges[:-1] + edges[1:]) / 2.0
+
+
+def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> torch.Tensor:
+    """The dynamic tree code: ``2^total_bits`` sorted float32 values in ``[−1, 1]`` (docs/math.md, eq. 13).
+
+    A code's bits read: sign (if ``signed``), a run of zeros whose length ``e`` is the decimal exponent, an
+    indicator 1, then linear fraction bits. Exponent level ``i = 0 … max_exponent_bits−1`` covers the decade
+    ``10^(i − max_exponent_bits + 1)`` with the midpoints of ``2^(i + total_bits − 1 − max_exponent_bits)`` equal
+    segments of ``[0.1, 1]`` (twice as many when unsigned: the sign bit becomes a fraction bit). When the exponent
+    cannot use all non-sign bits, ``2^(total_bits − 1 − max_exponent_bits) − 1`` more midpoints fill the top
+    decade. ``0`` and ``1`` complete the code.
+
+    bitsandbytes pads codes shorter than 256 with zeros so its uint8 kernels can index them; this function
+    returns exactly ``2^total_bits`` values (the padding carries no information).
+
+    Args:
+        signed: values in ``[−1, 1]`` (e.g. Adam's first moment) or ``[0, 1]`` (second moment).
+        max_exponent_bits: the longest zero run, i.e. how many decades below 1 are covered.
+        total_bits: bits per code, 2..8.
+
+    Returns:
+        Sorted float32 tensor of ``2^total_bits`` values.
+
+    Raises:
+        ValueError: ``total_bits`` outside 2..8 or ``max_exponent_bits`` outside 1..total_bits−1.
+
+    Example:
+        >>> m = create_dynamic_map(signed=False)
+        >>> len(m), float(m[0]), round(float(m[1]), 12), float(m[-1])
+        (256, 0.0, 3.25e-07, 1.0)
+    """
+    if not isinstance(total_bits, int) or not 2 <= total_bits <= 8:
+        raise ValueError(f"total_bits must be an int in 2..8, got {total_bits!r}")
+    if not isinstance(max_exponent_bits, int) or not 1 <= max_exponent_bits <= total_bits - 1:
+        raise ValueError(f"max_exponent_bits must be an int in 1..{total_bits - 1}, got {max_exponent_bits!r}")
+    # One bit is reserved for the sign even when unsigned: the unsigned map spends it on a doubled fraction.
+    value_bits = total_bits - 1
+    parts: list[torch.Tensor] = []
+
+    def add(magnitudes: torch.Tensor, decade: float) -> None:
+        parts.append(decade * magnitudes)
+        if signed:
+            parts.append(-decade * magnitudes)
+
+    for level in range(max_exponent_bits):
+        fraction_bits = level + value_bits - max_exponent_bits + (0 if signed else 1)
+        add(_segment_midpoints(2**fraction_bits), 10.0 ** (level - max_exponent_bits + 1))
+    spare = 2 ** (value_bits - max_exponent_bits) - 1
+    if spare > 0:
+        # Codes whose exponent run is all zeros with no indicator bit: extra points in the top decade.
+        add(_segment_midpoints(spare), 10.0 ** 0)
+    values = torch.cat(parts + [torch.tensor([0.0, 1.0])])
+    expected = 2**total_bits
+    if values.numel() != expected:  # the construction above is exact; this guards future edits
+        raise AssertionError(f"dynamic map has {values.numel()} values, expected {expected}")
+    return torch.sort(values).values
+
+
+def _check_block_args(code: torch.Tensor, block_size: int) -> None:
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    if code.ndim != 1 or code.numel() < 2 or code.numel() > 256:
+        raise ValueError(f"code must be a 1-D tensor of 2..256 values, got shape {tuple(code.shape)}")
+    if not bool((code[1:] >= code[:-1]).all()):
+        raise ValueError("code must be sorted ascending")
+
+
+def quantize_blockwise(
+    x: torch.Tensor, code: torch.Tensor, block_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-wise absmax quantization of ``x`` against ``code`` (docs/math.md, eq. 14).
+
+    ``x`` is read flat in blocks of ``block_size`` (the last one may be short); each block is divided by its
+    largest magnitude and every value is replaced by the index of the nearest code value. A value exactly
+    halfway between two code values takes the lower index. An all-zero block has ``absmax = 0`` and maps to
+    the code value nearest 0.
+
+    Args:
+        x: float tensor, any shape.
+        code: sorted float32 code (e.g. :func:`create_dynamic_map`).
+        block_size: elements per block (256 or 2048 for 8-bit optimizers).
+
+    Returns:
+        ``(codes, absmax)``: uint8 indices shaped like ``x`` and float32 ``absmax`` of ``ceil(numel/block_size)``.
+
+    Raises:
+        ValueError: bad ``block_size`` or ``code``, a non-float ``x``, or NaN/Inf in ``x``.
+
+    Example:
+        >>> code = torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0])
+        >>> quantize_blockwise(torch.tensor([4.0, -1.1, 0.9, 1.0]), code, block_size=2)
+        (tensor([4, 1, 4, 4], dtype=torch.uint8), tensor([4., 1.]))
+    """
+    _check_block_args(code, block_size)
+    if not x.is_floating_point():
+        raise ValueError(f"quantize_blockwise needs a floating tensor, got {x.dtype}")
+    flat = x.detach().reshape(-1).to(torch.float32)
+    if not bool(torch.isfinite(flat).all()):
+        raise ValueError("quantize_blockwise got NaN or Inf values")
+    blocks = -(-flat.numel() // block_size)
+    padded = torch.nn.functional.pad(flat, (0, blocks * block_size - flat.numel())).view(blocks, block_size)
+    absmax = padded.abs().amax(dim=1)
+    # Dividing by 1 where absmax is 0 keeps zeros at 0 instead of producing NaN.
+    normalized = padded / torch.where(absmax > 0, absmax, 1.0).unsqueeze(1)
+    code32 = code.to(torch.float32)
+    midpoints = (code32[1:] + code32[:-1]) / 2
+    indices = torch.bucketize(normalized, midpoints, right=False)
+    return indices.reshape(-1)[: flat.numel()].to(torch.uint8).view(x.shape), absmax
+
+
+def dequantize_blockwise(
+    codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, block_size: int = 256
+) -> torch.Tensor:
+    """Float32 values ``code[codes] · absmax[block]`` shaped like ``codes`` (docs/math.md, eq. 15).
+
+    Raises:
+        ValueError: bad ``block_size`` or ``code``, non-uint8 codes, or an ``absmax`` of the wrong length.
+
+    Example:
+        >>> code = torch.tensor([-1.0, 0.0, 1.0])
+        >>> dequantize_blockwise(torch.tensor([0, 2, 1], dtype=torch.uint8), torch.tensor([3.0, 5.0]), code, 2)
+        tensor([-3.,  3.,  0.])
+    """
+    _check_block_args(code, block_size)
+    if codes.dtype != torch.uint8:
+        raise ValueError(f"codes must be uint8, got {codes.dtype}")
+    blocks = -(-codes.numel() // block_size)
+    if absmax.shape != (blocks,):
+        raise ValueError(f"absmax must have shape ({blocks},) for {codes.numel()} codes, got {tuple(absmax.shape)}")
+    values = code.to(torch.float32)[codes.reshape(-1).long()]
+    scales = absmax.to(torch.float32).repeat_interleave(block_size)[: codes.numel()]
+    return (values * scales).view(codes.shape)

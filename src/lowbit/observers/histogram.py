@@ -1,0 +1,176 @@
+"""Observers that keep a fixed-size signed histogram: percentile, entropy (KL) and MSE-optimal clipping.
+
+Memory is ``2 × bins`` int64 counts per channel however many batches arrive: the range grows by whole
+factors and neighbouring bins merge (:mod:`lowbit.functional.histogram`, docs/math.md eq. 10).
+
+Example:
+    >>> import torch, lowbit
+    >>> torch.manual_seed(0) and None
+    >>> obs = PercentileObserver(lowbit.QuantSpec(bits=8), percentile=99.0)
+    >>> for _ in range(3):
+    ...     obs.update(torch.randn(10_000))
+    >>> 2.3 < float(obs._range()[1]) < 2.8   # the 99th percentile of |N(0,1)| is 2.58
+    True
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.functional.calibration import entropy_threshold, histogram_mse, histogram_quantile
+from lowbit.functional.histogram import add_to_histogram, empty_histogram, regrid
+from lowbit.observers.base import Observer
+from lowbit.spec import PerChannel, PerTensor, QuantSpec
+
+__all__ = ["PercentileObserver", "EntropyObserver", "MSEObserver"]
+
+
+class _HistogramObserver(Observer):
+    supports = (PerTensor, PerChannel)
+
+    def __init__(self, spec: QuantSpec, bins: int = 2048):
+        super().__init__(spec)
+        if not isinstance(bins, int) or isinstance(bins, bool) or bins < 8:
+            raise ValueError(f"{type(self).__name__}.bins must be an int >= 8, got {bins!r}")
+        self.bins = bins
+        self.register_buffer("pos", torch.empty(0, bins, dtype=torch.int64))
+        self.register_buffer("neg", torch.empty(0, bins, dtype=torch.int64))
+        self.register_buffer("width", torch.empty(0, dtype=torch.float64))
+
+    def _observe(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        reach = torch.maximum(lo.abs(), hi.abs()).to(torch.float64).reshape(-1)
+        if self.width.numel() == 0:
+            self.pos, self.neg = empty_histogram(reach.numel(), self.bins)
+            self.width = torch.zeros_like(reach)
+        width = torch.where(self.width > 0, self.width, reach)
+        factor = torch.ones_like(reach, dtype=torch.int64)
+        grow = reach > width
+        if bool(grow.any()):
+            factor = torch.where(grow, torch.ceil(reach / width.clamp(min=1e-300)).to(torch.int64), 1)
+            factor = torch.where(width * factor < reach, factor + 1, factor)  # guard a rounding-down product
+            self.pos, self.neg = regrid(self.pos, factor), regrid(self.neg, factor)
+        self.width = width * factor
+        add_to_histogram(self._rows(x), self.width, self.pos, self.neg)
+
+    def _per_channel(self, clip_range) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+        """Apply ``clip_range(c) -> (lo, hi)`` per channel and keep the result inside the observed range."""
+        pairs = [clip_range(c) for c in range(self.width.numel())]
+        lo = torch.tensor([p[0] for p in pairs], dtype=torch.float64).reshape(self.min_val.shape)
+        hi = torch.tensor([p[1] for p in pairs], dtype=torch.float64).reshape(self.max_val.shape)
+        lo = torch.maximum(lo, self.min_val.to(torch.float64))
+        hi = torch.minimum(hi, self.max_val.to(torch.float64))
+        return lo, torch.maximum(hi, lo)
+
+
+class PercentileObserver(_HistogramObserver):
+    """Clip at a percentile of the data: ``|x|`` for a symmetric spec, both tails for an asymmetric one.
+
+    Args:
+        spec: the grid (per tensor or per channel).
+        percentile: in (0, 100]; 99.99 keeps all but one value in ten thousand.
+        bins: histogram bins per sign.
+
+    Raises:
+        ValueError: ``percentile`` out of range, ``bins`` < 8, or a per-group spec.
+    """
+
+    def __init__(self, spec: QuantSpec, percentile: float = 99.99, bins: int = 2048):
+        super().__init__(spec, bins)
+        if not isinstance(percentile, (int, float)) or not 0.0 < percentile <= 100.0:
+            raise ValueError(f"PercentileObserver.percentile must be in (0, 100], got {percentile!r}")
+        self.percentile = float(percentile)
+
+    def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.percentile / 100.0
+
+        def clip(c: int) -> tuple[float, float]:
+            pos, neg, width = self.pos[c], self.neg[c], float(self.width[c])
+            if width == 0:
+                return 0.0, 0.0
+            if self.spec.symmetric:
+                t = histogram_quantile(pos + neg, torch.zeros_like(pos), width, q)
+                return -t, t
+            return histogram_quantile(pos, neg, width, 1.0 - q), histogram_quantile(pos, neg, width, q)
+
+        return self._per_channel(clip)
+
+
+class EntropyObserver(_HistogramObserver):
+    """TensorRT's entropy calibration: the ``|x|`` clip that minimises ``KL(P‖Q)`` (docs/math.md, eq. 11).
+
+    ``levels`` is ``2^(bits−1)`` for a signed grid and ``2^bits`` for an unsigned one; candidates start at
+    ``start_bin`` (128, as TensorRT) and run to all ``bins``. Per tensor only.
+
+    Raises:
+        ValueError: a per-channel/group spec, or more levels than bins.
+
+    Example:
+        >>> import torch, lowbit
+        >>> torch.manual_seed(0) and None
+        >>> obs = EntropyObserver(lowbit.QuantSpec(bits=8))
+        >>> obs.update(torch.randn(100_000))
+        >>> 2.5 < float(obs._range()[1]) < 4.5   # clips the Gaussian tail well inside max|x| ≈ 4.3
+        True
+    """
+
+    supports = (PerTensor,)
+
+    def __init__(self, spec: QuantSpec, bins: int = 2048, start_bin: int = 128):
+        super().__init__(spec, bins)
+        self.levels = 2 ** (spec.bits - 1) if spec.signed else 2**spec.bits
+        if self.levels > bins:
+            raise ValueError(
+                f"EntropyObserver needs bins >= {self.levels} quantized levels for bits={spec.bits}, got bins={bins}"
+            )
+        if not isinstance(start_bin, int) or not 1 <= start_bin <= bins:
+            raise ValueError(f"EntropyObserver.start_bin must be an int in 1..{bins}, got {start_bin!r}")
+        self.start_bin = start_bin
+
+    def threshold(self) -> float:
+        """The chosen clip of ``|x|`` (upper edge of the last kept bin)."""
+        counts = (self.pos + self.neg)[0]
+        width = float(self.width[0])
+        if width == 0:
+            return 0.0
+        return entropy_threshold(counts, self.levels, self.start_bin) * width / self.bins
+
+    def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.threshold()
+        return self._per_channel(lambda c: (-t, t))
+
+
+class MSEObserver(_HistogramObserver):
+    """Clip that minimises the quantization MSE of the observed histogram, by grid search.
+
+    Candidates shrink the observed range by ``k / candidates`` for ``k = 1 … candidates`` (both ends for an
+    asymmetric spec, ``max|x|`` for a symmetric one); each is scored by
+    :func:`~lowbit.functional.calibration.histogram_mse` through the real quantizer.
+
+    Raises:
+        ValueError: ``candidates`` < 1, or a per-group spec.
+    """
+
+    def __init__(self, spec: QuantSpec, bins: int = 2048, candidates: int = 100):
+        super().__init__(spec, bins)
+        if not isinstance(candidates, int) or candidates < 1:
+            raise ValueError(f"MSEObserver.candidates must be a positive int, got {candidates!r}")
+        self.candidates = candidates
+
+    def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        shrink = torch.arange(1, self.candidates + 1, dtype=torch.float64) / self.candidates
+        mins, maxs = self.min_val.reshape(-1).double(), self.max_val.reshape(-1).double()
+
+        def clip(c: int) -> tuple[float, float]:
+            lo, hi = float(mins[c]), float(maxs[c])
+            if lo == hi == 0.0:
+                return 0.0, 0.0
+            if self.spec.symmetric:
+                reach = max(abs(lo), abs(hi))
+                lo_k, hi_k = -reach * shrink, reach * shrink
+            else:
+                lo_k, hi_k = min(lo, 0.0) * shrink, max(hi, 0.0) * shrink
+            errors = histogram_mse(self.pos[c], self.neg[c], float(self.width[c]), lo_k, hi_k, self.spec)
+            best = int(torch.argmin(errors))
+            return float(lo_k[best]), float(hi_k[best])
+
+        return self._per_channel(clip)
