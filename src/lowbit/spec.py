@@ -180,6 +180,11 @@ class QuantSpec:
             raise ValueError(
                 f"QuantSpec.narrow_range=True leaves a single code at bits={self.bits}; use bits >= 2"
             )
+        if self.symmetric and self.narrow_range and not self.signed:
+            raise ValueError(
+                "QuantSpec.narrow_range=True with symmetric=True, signed=False would drop code 0, "
+                "the symmetric zero point; use narrow_range=False or symmetric=False"
+            )
         if self.symmetric and self.qmax <= 0:
             raise ValueError(
                 f"QuantSpec.symmetric=True needs a positive qmax, but bits={self.bits}, signed={self.signed} "

@@ -81,22 +81,22 @@ def mbqm(x: int, m0: int, shift: int) -> int:
 # --- quantize_multiplier -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "m, expected",
-    [
-        (0.25, (1073741824, -1)),
-        (0.75, (1610612736, 0)),
-        (1.25, (1342177280, 1)),
-        (2.0**-31, (1073741824, -30)),
-        (2.0**-33, (0, 0)),
-        (2.0**-32, (1073741824, -31)),  # the smallest multiplier that survives the flush
-        (0.0, (0, 0)),
-        (1.0, (1073741824, 1)),
-        (1 - 2.0**-40, (1073741824, 1)),  # q·2^31 rounds to 2^31: renormalised
-        (0.5 + 2.0**-32, (2**30 + 1, 0)),  # q·2^31 = 2^30 + 1/2: away from zero, not to even
-        (5e-324, (0, 0)),  # smallest subnormal
-    ],
-)
+GOLDEN_MULTIPLIERS = [
+    (0.25, (1073741824, -1)),
+    (0.75, (1610612736, 0)),
+    (1.25, (1342177280, 1)),
+    (2.0**-31, (1073741824, -30)),
+    (2.0**-33, (0, 0)),
+    (2.0**-32, (1073741824, -31)),  # the smallest multiplier that survives the flush
+    (0.0, (0, 0)),
+    (1.0, (1073741824, 1)),
+    (1 - 2.0**-40, (1073741824, 1)),  # q·2^31 rounds to 2^31: renormalised
+    (0.5 + 2.0**-32, (2**30 + 1, 0)),  # q·2^31 = 2^30 + 1/2: away from zero, not to even
+    (5e-324, (0, 0)),  # smallest subnormal
+]
+
+
+@pytest.mark.parametrize("m, expected", GOLDEN_MULTIPLIERS)
 def test_quantize_multiplier_golden(m: float, expected: tuple[int, int]) -> None:
     got = quantize_multiplier(m)
     assert got == expected
@@ -116,7 +116,7 @@ def test_quantize_multiplier_matches_exact_oracle(m: float) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_quantize_multiplier_tensor_matches_scalar(dtype: torch.dtype) -> None:
-    values = [0.0, 0.25, 0.75, 1.25, 2.0**-31, 2.0**-33, 1 - 2.0**-20, 3.3e-5, 0.1, 7.0, 1e20, 1e-40]
+    values = [g[0] for g in GOLDEN_MULTIPLIERS] + [1 - 2.0**-20, 3.3e-5, 0.1, 7.0, 1e20, 1e-40]
     m = torch.tensor(values, dtype=dtype)
     m0, shift = quantize_multiplier(m)
     assert m0.dtype == torch.int32 and shift.dtype == torch.int32 and m0.shape == m.shape
@@ -195,7 +195,8 @@ def test_multiply_saturates_shifted_input() -> None:
     # x · 2^2 = 2^32 saturates to INT32_MAX before the high multiply by 1/2 (m0 = 2^30): ≈ 2^30, not 2^31.
     assert mbqm(2**30, 2**30, 2) == 2**30
     assert mbqm(-(2**30), 2**30, 2) == -(2**30)
-    assert mbqm(5, 2**30, 1000) == mbqm(5, 2**30, 32) == 2**30  # shifts past 32 change nothing
+    assert mbqm(5, 2**30, 1000) == mbqm(5, 2**30, 31) == 2**30  # shifts past 31 change nothing
+    assert mbqm(-1, 2**30, 1000) == mbqm(-1, 2**30, 31) == -(2**30)
     assert mbqm(0, 2**30, 1000) == 0
 
 

@@ -51,7 +51,9 @@ def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bi
         Sorted float32 tensor of ``2^total_bits`` values.
 
     Raises:
-        ValueError: ``total_bits`` outside 2..8 or ``max_exponent_bits`` outside 1..total_bits−1.
+        ValueError: ``total_bits`` outside 2..8, ``max_exponent_bits`` outside 1..total_bits−1, or an unsigned
+            map with ``max_exponent_bits < total_bits − 1`` (the construction then yields fewer than
+            ``2^total_bits`` values; bitsandbytes fails an assertion there).
 
     Example:
         >>> m = create_dynamic_map(signed=False)
@@ -62,6 +64,11 @@ def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bi
         raise ValueError(f"total_bits must be an int in 2..8, got {total_bits!r}")
     if not isinstance(max_exponent_bits, int) or not 1 <= max_exponent_bits <= total_bits - 1:
         raise ValueError(f"max_exponent_bits must be an int in 1..{total_bits - 1}, got {max_exponent_bits!r}")
+    if not signed and max_exponent_bits != total_bits - 1:
+        raise ValueError(
+            f"an unsigned dynamic map needs max_exponent_bits = total_bits - 1 = {total_bits - 1}, "
+            f"got max_exponent_bits={max_exponent_bits}"
+        )
     # One bit is reserved for the sign even when unsigned: the unsigned map spends it on a doubled fraction.
     value_bits = total_bits - 1
     parts: list[torch.Tensor] = []
@@ -79,9 +86,6 @@ def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bi
         # Codes whose exponent run is all zeros with no indicator bit: extra points in the top decade.
         add(_segment_midpoints(spare), 10.0 ** 0)
     values = torch.cat(parts + [torch.tensor([0.0, 1.0])])
-    expected = 2**total_bits
-    if values.numel() != expected:  # the construction above is exact; this guards future edits
-        raise AssertionError(f"dynamic map has {values.numel()} values, expected {expected}")
     return torch.sort(values).values
 
 

@@ -115,7 +115,7 @@ def quantize_multiplier(m: float | torch.Tensor) -> tuple[int, int] | tuple[torc
     m0 = math.floor(scaled)
     # Round half away from zero (scaled > 0). scaled − floor(scaled) is exact, so the tie test is exact too.
     m0 += int(scaled - m0 >= 0.5)
-    if False:  # q rounded up to 1: renormalise so m0 fits int32 (eq. F2)
+    if m0 == 2**31:  # q rounded up to 1: renormalise so m0 fits int32 (eq. F2)
         m0, shift = 2**30, shift + 1
     if shift < -31:  # flush: every bit would be shifted out (eq. F2)
         return 0, 0
@@ -236,7 +236,7 @@ def multiply_by_quantized_multiplier(x: IntLike, m0: IntLike, shift: IntLike) ->
         x: integer tensor holding int32 values (typically an int32 accumulator), or a Python int.
         m0: int32 Q31 mantissa(s), a Python int or an integer tensor broadcastable to ``x``.
         shift: power-of-two exponent(s) ``≥ −31``, a Python int or an integer tensor broadcastable to ``x``.
-            Any shift from 32 up saturates every non-zero ``x`` alike.
+            All shifts from 31 up give the same result: every non-zero ``x`` saturates.
 
     Returns:
         int32 tensor of the broadcast shape.
@@ -257,9 +257,9 @@ def multiply_by_quantized_multiplier(x: IntLike, m0: IntLike, shift: IntLike) ->
     m064 = _int_operand("m0", m0, INT32_MIN, INT32_MAX, device)
     s64 = _int_operand("shift", shift, -31, INT32_MAX, device)
     _broadcastable(x=x64, m0=m064, shift=s64)
-    # From 2^32 on every non-zero int32 x saturates, so a larger left shift changes nothing; capping it keeps
-    # |x| · 2^left ≤ 2^63, exact in int64.
-    left = s64.clamp(0, 32)
+    # From 2^31 on, |x| · 2^left ≥ 2^31 for every non-zero x: it saturates (or is exactly INT32_MIN), so a
+    # larger left shift changes nothing; capping it keeps |x| · 2^left ≤ 2^62, exact in int64.
+    left = s64.clamp(0, 31)
     right = (-s64).clamp(min=0)
     shifted = (x64 * (1 << left)).clamp(INT32_MIN, INT32_MAX)
     return _divide_by_pot(_high_mul(shifted, m064), right).to(torch.int32)

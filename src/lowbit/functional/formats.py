@@ -1,11 +1,9 @@
 """Floating low-precision casts: fp16, bf16 and fp8 (E4M3, E5M2), and the fake-cast used to simulate them.
 
 Every cast rounds to nearest, ties to even (docs/math.md, eq. P4), except ``Bf16Rounding.TRUNCATE``, which keeps
-the top 16 bits of the float32 pattern (eq. P6). Inputs of any floating dtype are accepted; float16, bfloat16 and
-fp8 inputs reach float32 exactly, and float64 inputs reach it by round-to-odd (eq. P9) so that the one rounding
-that matters is the final one. ``torch``'s own float64 casts round twice (float64 → float32 → target) and can be
-one step off: ``torch.tensor(1 + 2**-8 + 2**-40, dtype=torch.float64).to(torch.bfloat16)`` is 1.0, the correctly
-rounded answer is 1.0078125 (measured on torch 2.13, CPU).
+the top 16 bits of the float32 pattern (eq. P6). Any floating dtype is accepted: float16, bfloat16 and fp8 reach
+float32 exactly, float64 by round-to-odd (eq. P9), so the final cast is the only rounding. torch's own float64
+casts round twice (float64 → float32 → target) and can land one step off (measured on torch 2.13, CPU; below).
 
 Example:
     >>> import torch
@@ -14,8 +12,6 @@ Example:
     (tensor([  1.0078, 500.0000,      inf], dtype=torch.bfloat16), tensor([  1., 500.,  inf], dtype=torch.bfloat16))
     >>> to_fp8(x)  # saturating, as ONNX Cast with saturate=1
     tensor([  1.0000, 448.0000, 448.0000], dtype=torch.float8_e4m3fn)
-    >>> round_trip(torch.tensor([0.1]), FloatFormat.FP8_E5M2)
-    tensor([0.0938])
     >>> y = torch.tensor([1 + 2**-8 + 2**-40], dtype=torch.float64)
     >>> y.to(torch.bfloat16).item(), to_bf16(y).item()  # torch rounds twice; this module once
     (1.0, 1.0078125)
@@ -34,8 +30,7 @@ __all__ = ["FloatFormat", "Bf16Rounding", "to_fp16", "to_bf16", "to_fp8", "cast"
 class _Layout(NamedTuple):
     exponent_bits: int
     mantissa_bits: int
-    # False for E4M3 "fn": the all-ones exponent is an ordinary binade and only S.1111.111 is NaN.
-    has_infinity: bool
+    has_infinity: bool  # False for E4M3 "fn": its all-ones exponent is an ordinary binade but for one NaN code
     dtype: torch.dtype
 
 
@@ -61,28 +56,24 @@ class FloatFormat(enum.Enum):
     FP8_E5M2 = "fp8_e5m2"
 
     @property
-    def _layout(self) -> _Layout:
-        return _LAYOUTS[self]
-
-    @property
     def exponent_bits(self) -> int:
         """Width ``e`` of the exponent field."""
-        return self._layout.exponent_bits
+        return _LAYOUTS[self].exponent_bits
 
     @property
     def mantissa_bits(self) -> int:
         """Width ``m`` of the stored mantissa (the leading 1 of normals is implicit)."""
-        return self._layout.mantissa_bits
+        return _LAYOUTS[self].mantissa_bits
 
     @property
     def has_infinity(self) -> bool:
         """Whether the format encodes ±inf (all but ``FP8_E4M3``)."""
-        return self._layout.has_infinity
+        return _LAYOUTS[self].has_infinity
 
     @property
     def dtype(self) -> torch.dtype:
         """The torch dtype that stores the format."""
-        return self._layout.dtype
+        return _LAYOUTS[self].dtype
 
     @property
     def bias(self) -> int:
@@ -118,11 +109,10 @@ _LAYOUTS = {
 
 
 class Bf16Rounding(enum.Enum):
-    """How float32 becomes bfloat16.
+    """How float32 becomes bfloat16: ``NEAREST_EVEN`` (eq. P5, as ``Tensor.to(torch.bfloat16)``) or ``TRUNCATE``.
 
-    ``NEAREST_EVEN``: round to nearest, ties to even (eq. P5), what ``Tensor.to(torch.bfloat16)`` does.
-    ``TRUNCATE``: keep the top 16 bits of the float32 pattern, i.e. round toward zero (eq. P6): cheaper in
-    hardware, biased toward zero, error up to one bf16 step instead of half.
+    ``TRUNCATE`` keeps the top 16 bits of the float32 pattern, i.e. rounds toward zero (eq. P6): cheaper in
+    hardware, but biased toward zero, with errors up to one bf16 step instead of half a step.
     """
 
     NEAREST_EVEN = "nearest_even"
@@ -145,9 +135,9 @@ def _check_tensor(x: object, where: str) -> torch.Tensor:
 def _to_float32(x: torch.Tensor) -> torch.Tensor:
     """``x`` as float32: exact for every floating dtype but float64, which is rounded to odd (eq. P9).
 
-    Rounding to odd keeps a sticky trace of the discarded bits in the last float32 bit, so a second rounding to
-    a format with at most 22 significand bits (all of ours) is the correctly rounded one, for ties-to-even and
-    for truncation alike; plain float64 → float32 rounding can manufacture a tie and round twice.
+    Round-to-odd leaves a sticky trace of the dropped bits in the last float32 bit, so the second rounding (to at
+    most 22 significand bits, all our formats) is the correct one, to nearest even or toward zero; plain
+    float64 → float32 rounding can manufacture a tie that the second rounding then breaks the wrong way.
     """
     if x.dtype != torch.float64:
         return x.to(torch.float32)
@@ -157,7 +147,7 @@ def _to_float32(x: torch.Tensor) -> torch.Tensor:
     # magnitude lives in the low 31 bits for either sign, so subtracting 1 from the pattern shrinks it.
     away = nearest.to(torch.float64).abs() > x.abs()
     bits = torch.where(away, bits - 1, bits)
-    inexact = bits.view(torch.float32).to(torch.float64) != x  # False for NaN inputs, which pass through
+    inexact = bits.view(torch.float32).to(torch.float64) != x  # True for NaN too: bit 0 set, still NaN
     return torch.where(inexact, bits | 1, bits).view(torch.float32)
 
 
@@ -229,8 +219,7 @@ def to_fp8(x: torch.Tensor, fmt: FloatFormat = FloatFormat.FP8_E4M3, saturate: b
         A tensor of ``fmt.dtype`` with the shape of ``x``. NaN stays NaN.
 
     Raises:
-        ValueError: if ``x`` is not a floating tensor, ``fmt`` is not an fp8 :class:`FloatFormat`, or
-            ``saturate`` is not a bool.
+        ValueError: if ``x`` is not floating, ``fmt`` not an fp8 :class:`FloatFormat` or ``saturate`` not a bool.
 
     Example:
         >>> x = torch.tensor([0.3, 1e5, float("-inf")])
@@ -244,20 +233,13 @@ def to_fp8(x: torch.Tensor, fmt: FloatFormat = FloatFormat.FP8_E4M3, saturate: b
         raise ValueError(f"to_fp8: fmt must be FloatFormat.FP8_E4M3 or FloatFormat.FP8_E5M2, got {fmt!r}")
     if not isinstance(saturate, bool):
         raise ValueError(f"to_fp8: saturate must be a bool, got {saturate!r}")
-    if saturate:
-        # max_finite is a float32 value, so clamping first and rounding after equals saturating the rounded
-        # value; clamp passes NaN through.
+    if saturate:  # max_finite is a float32, so clamping before rounding saturates the result; NaN passes
         x32 = x32.clamp(-fmt.max_finite, fmt.max_finite)
     return x32.to(fmt.dtype)
 
 
-# The keyword options each format's cast accepts, for cast()/round_trip() to check by name.
-_OPTIONS = {
-    FloatFormat.FP16: (),
-    FloatFormat.BF16: ("rounding",),
-    FloatFormat.FP8_E4M3: ("saturate",),
-    FloatFormat.FP8_E5M2: ("saturate",),
-}
+# The keyword options each format's cast accepts, so cast() can reject a misplaced one by name.
+_OPTIONS = {FloatFormat.FP16: (), FloatFormat.BF16: ("rounding",), **{f: ("saturate",) for f in _FP8}}
 
 
 def cast(x: torch.Tensor, fmt: FloatFormat, **options: Any) -> torch.Tensor:
@@ -299,18 +281,15 @@ def cast(x: torch.Tensor, fmt: FloatFormat, **options: Any) -> torch.Tensor:
 def round_trip(x: torch.Tensor, fmt: FloatFormat, **options: Any) -> torch.Tensor:
     """``cast(x, fmt, **options)`` read back as float32: the fake-cast for simulation and error measurement.
 
-    Every value of every format is a float32, so reading back is exact and the error is the cast's alone
-    (eq. P4: relative error at most ``2^−(m+1)`` in the normal range, ``2^−m`` for bf16 truncation).
-    Gradients are whatever the torch ops underneath give and are not part of this contract; training code
-    wraps the cast in a straight-through estimator (:mod:`lowbit.functional.ste`).
+    Every value of every format is a float32, so reading back is exact and the error is the cast's alone:
+    relative error at most ``2^−(m+1)`` in the normal range (eq. P4), below ``2^−m`` for bf16 truncation (eq. P6).
+    Gradients are not part of this contract; training wraps the cast in an STE (:mod:`lowbit.functional.ste`).
 
     Args:
-        x: floating tensor (float64 too; the result is float32 either way).
-        fmt: a :class:`FloatFormat`.
-        **options: as for :func:`cast`.
+        x, fmt, **options: as for :func:`cast`.
 
     Returns:
-        A float32 tensor of the shape of ``x``.
+        A float32 tensor of the shape of ``x`` (float64 input too).
 
     Raises:
         ValueError: as :func:`cast`.

@@ -34,12 +34,11 @@ def empty_histogram(channels: int, bins: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False)
-def _bin_rows(rows: np.ndarray, inv_width: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> None:  # pragma: no cover
+def _bin_rows(rows: np.ndarray, inv_width: np.ndarray, pos: np.ndarray, neg: np.ndarray, threads: int) -> None:  # pragma: no cover
     # Row by row (one channel each); inside a row, chunks go to threads with private histograms, because
     # concurrent increments of a shared bin would race.
     channels, length = rows.shape
     bins = pos.shape[1]
-    threads = numba.get_num_threads()
     chunk = (length + threads - 1) // threads
     for c in range(channels):
         local_pos = np.zeros((threads, bins), np.int64)
@@ -96,8 +95,11 @@ def add_to_histogram(rows: torch.Tensor, width: torch.Tensor, pos: torch.Tensor,
     data = rows.detach().to(torch.float32).contiguous().numpy()
     # A zero width only happens for an all-zero row: its values all fall in bin 0 whatever the scale.
     inv = torch.where(width > 0, 1.0 / width.clamp(min=1e-300), 0.0).to(torch.float64).numpy()
-    kernel = _bin_rows if rows.shape[0] < numba.get_num_threads() * 4 else _bin_many_rows
-    kernel(data, inv, pos.numpy(), neg.numpy())
+    threads = numba.get_num_threads()
+    if rows.shape[0] < threads * 4:
+        _bin_rows(data, inv, pos.numpy(), neg.numpy(), threads)
+    else:
+        _bin_many_rows(data, inv, pos.numpy(), neg.numpy())
 
 
 def regrid(counts: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
