@@ -12,7 +12,7 @@ from fractions import Fraction
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from lowbit.functional.fixedpoint import (
@@ -87,7 +87,9 @@ GOLDEN_MULTIPLIERS = [
     (1.25, (1342177280, 1)),
     (2.0**-31, (1073741824, -30)),
     (2.0**-33, (0, 0)),
-    (2.0**-32, (1073741824, -31)),  # the smallest multiplier that survives the flush
+    (2.0**-32, (1073741824, -31)),
+    (2.0**-32 - 2.0**-64, (1073741824, -31)),  # under 2^−32 yet kept: renormalised before the flush
+    (math.nextafter(2.0**-32 - 2.0**-64, 0), (0, 0)),  # the largest flushed multiplier
     (0.0, (0, 0)),
     (1.0, (1073741824, 1)),
     (1 - 2.0**-40, (1073741824, 1)),  # q·2^31 rounds to 2^31: renormalised
@@ -206,26 +208,41 @@ def test_multiply_matches_integer_pipeline(x: int, m0: int, shift: int) -> None:
     assert mbqm(x, m0, shift) == oracle_multiply(x, m0, shift)
 
 
-@settings(deadline=None)
-@given(st.floats(min_value=0, max_value=1, exclude_min=True, exclude_max=True), st.integers(-(2**24), 2**24))
-def test_multiply_below_one_is_within_one_of_exact(m: float, x: int) -> None:
+def check_close_to_exact(x: int, m: float) -> None:
+    """Eq. F8 and its two consequences, for an x · 2^left that does not saturate."""
     exact = Fraction(x) * Fraction(m)
     got = mbqm(x, *quantize_multiplier(m))
+    assert abs(got - exact) < Fraction(3, 2)
     assert abs(got - round_half_away(exact)) <= 1
-    assert abs(got - exact) < 1  # eq. F8: |x·m| < 2^29, so got is ⌊x·m⌋ or ⌈x·m⌉
+    if abs(exact) < 2**29:
+        assert abs(got - exact) < 1  # got is ⌊x·m⌋ or ⌈x·m⌉
+
+
+@settings(deadline=None)
+@given(st.floats(min_value=0, max_value=1, exclude_min=True, exclude_max=True), st.integers(-(2**24), 2**24))
+def test_multiply_below_one_moderate_x(m: float, x: int) -> None:
+    check_close_to_exact(x, m)
+
+
+@settings(deadline=None)
+@given(st.floats(min_value=0, max_value=1, exclude_min=True, exclude_max=True), int32s)
+def test_multiply_below_one_any_int32(m: float, x: int) -> None:
+    # m ∈ [1 − 2^−32, 1) quantizes to shift = 1, and x · 2 saturates for |x| ≥ 2^30 (see the next test).
+    assume(abs(x) * 2 ** max(quantize_multiplier(m)[1], 0) <= INT32_MAX)
+    check_close_to_exact(x, m)
+
+
+def test_multiply_just_below_one_saturates() -> None:
+    # A documented trap, TFLite's too: m = 1 − 2^−40 is (2^30, shift 1), so INT32_MAX · 2 saturates first.
+    assert quantize_multiplier(1 - 2.0**-40) == (2**30, 1)
+    assert mbqm(INT32_MAX, 2**30, 1) == 2**30
 
 
 @settings(deadline=None)
 @given(st.floats(min_value=1, max_value=2.0**20, allow_nan=False), st.data())
 def test_multiply_above_one_is_within_one_of_exact(m: float, data: st.DataObject) -> None:
-    m0, shift = quantize_multiplier(m)
-    bound = INT32_MAX // 2**shift  # no saturation of x · 2^shift
-    x = data.draw(st.integers(-bound, bound), label="x")
-    exact = Fraction(x) * Fraction(m)
-    got = mbqm(x, m0, shift)
-    assert abs(got - round_half_away(exact)) <= 1
-    if abs(exact) < 2**29:
-        assert abs(got - exact) < 1
+    bound = INT32_MAX // 2 ** quantize_multiplier(m)[1]  # no saturation of x · 2^shift
+    check_close_to_exact(data.draw(st.integers(-bound, bound), label="x"), m)
 
 
 def test_multiply_per_channel_matches_scalar() -> None:

@@ -2,7 +2,7 @@
 
 An int8 kernel accumulates in int32 and must rescale the accumulator by a real ``m = s_in · s_w / s_out``
 without touching floats. ``m`` is stored once as ``(m0, shift)`` with ``m ≈ m0 · 2^(shift − 31)``
-(docs/math.md, eq. F1) and applied at run time by a rounding high multiply and a rounding shift (eq. F6).
+(docs/math.md, eq. F1) and applied at run time by a rounding high multiply and a rounding shift (eq. F7).
 These are readable reference kernels, bit-exact with TFLite's double-rounding ``MultiplyByQuantizedMultiplier``
 wherever the C++ is defined (it is not when ``x · 2^shift`` overflows int32; see
 :func:`multiply_by_quantized_multiplier`).
@@ -77,8 +77,8 @@ def quantize_multiplier(m: float | torch.Tensor) -> tuple[int, int] | tuple[torc
 
     ``m = q · 2^e`` with ``q ∈ [1/2, 1)`` (``frexp``); ``m0 = round_half_away(q · 2^31)``, ``shift = e``. When
     ``q`` rounds up to 1 (``m0 = 2^31``, not an int32), ``m0`` is halved and ``shift`` incremented. Multipliers
-    below about ``2^−32`` (``shift < −31``) are flushed to ``(0, 0)``, as TFLite does: a right shift past 31
-    would discard every bit anyway. ``0`` gives ``(0, 0)``. The relative error is at most ``2^−31`` (eq. F3).
+    below ``2^−32 − 2^−64`` (``shift < −31`` after renormalising) are flushed to ``(0, 0)``, as TFLite does: a
+    right shift past 31 would discard every bit anyway. ``0`` gives ``(0, 0)``. The relative error is at most ``2^−31`` (eq. F3).
 
     Args:
         m: a finite non-negative Python float (or int), or a float tensor of per-channel multipliers (any shape,
