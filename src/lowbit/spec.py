@@ -136,7 +136,7 @@ class QuantSpec:
         bits: width of a code, 1..16.
         signed: grid ``[−2^(b−1), 2^(b−1)−1]`` if True, else ``[0, 2^b−1]`` (eq. 2).
         symmetric: zero point fixed at 0 and ``scale = max(|lo|, |hi|) / qmax``; otherwise the range
-            ``[min(lo, 0), max(hi, 0)]`` is spread over the whole grid (eqs. 6–7).
+            ``[min(lo, 0), max(hi, 0)]`` is spread over the whole grid (eqs. 6–8).
         narrow_range: drop the lowest code (``[−127, 127]`` for signed 8 bits), so a signed grid is symmetric.
         granularity: :class:`PerTensor`, :class:`PerChannel` or :class:`PerGroup`.
         scale_kind: :class:`ScaleKind`.

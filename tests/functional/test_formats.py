@@ -304,10 +304,13 @@ def test_round_trip_absolute_error_below_normal_range(fmt, data):
 
 
 @pytest.mark.parametrize("fmt", ALL)
-def test_round_trip_shape_and_dtype(fmt):
+def test_round_trip_shape_dtype_and_no_autograd(fmt):
     for x in (torch.randn(3, 4, dtype=torch.float64), torch.empty(0, 5), torch.randn(2, dtype=torch.bfloat16)):
         y = round_trip(x, fmt)
         assert y.dtype == torch.float32 and y.shape == x.shape and cast(x, fmt).dtype == fmt.dtype
+    w = torch.randn(4, 3, requires_grad=True)
+    options = [{"rounding": r} for r in Bf16Rounding] if fmt is BF16 else [{}]
+    assert not any(round_trip(w, fmt, **o).requires_grad or round_trip(w.t(), fmt, **o).requires_grad for o in options)
 
 
 def test_cast_dispatches_with_options_and_narrow_inputs_are_exact():

@@ -7,5 +7,6 @@ Example:
 """
 
 from lowbit.analysis.metrics import cosine, max_abs_error, mse, sqnr
+from lowbit.analysis.weight_error import WeightSQNR, granularity_label, weight_sqnr_table
 
-__all__ = ["sqnr", "mse", "cosine", "max_abs_error"]
+__all__ = ["sqnr", "mse", "cosine", "max_abs_error", "WeightSQNR", "weight_sqnr_table", "granularity_label"]

@@ -123,7 +123,9 @@ def reduce_minmax(x: torch.Tensor, granularity: Granularity) -> tuple[torch.Tens
     else:
         layout = _Layout(x.shape, granularity)
         rows = layout.view(x) if isinstance(granularity, PerGroup) else x.movedim(layout.axis, 0)
-        lo, hi = torch.aminmax(rows.reshape(*layout.param_shape, -1), dim=-1)
+        rows = rows.reshape(*layout.param_shape, -1)
+        # two reductions beat torch.aminmax(dim=...) several times over on CPU (torch 2.13)
+        lo, hi = rows.amin(dim=-1), rows.amax(dim=-1)
     # NaN propagates through min/max and Inf lands in them, so checking the reduction checks the data.
     _require_finite(lo, "the observed tensor")
     _require_finite(hi, "the observed tensor")

@@ -78,7 +78,8 @@ def quantize_multiplier(m: float | torch.Tensor) -> tuple[int, int] | tuple[torc
     ``m = q · 2^e`` with ``q ∈ [1/2, 1)`` (``frexp``); ``m0 = round_half_away(q · 2^31)``, ``shift = e``. When
     ``q`` rounds up to 1 (``m0 = 2^31``, not an int32), ``m0`` is halved and ``shift`` incremented. Multipliers
     below ``2^−32 − 2^−64`` (``shift < −31`` after renormalising) are flushed to ``(0, 0)``, as TFLite does: a
-    right shift past 31 would discard every bit anyway. ``0`` gives ``(0, 0)``. The relative error is at most ``2^−31`` (eq. F3).
+    right shift past 31 would discard every bit anyway. ``0`` gives ``(0, 0)``. The relative error is at most
+    ``2^−31`` (eq. F3).
 
     Args:
         m: a finite non-negative Python float (or int), or a float tensor of per-channel multipliers (any shape,
@@ -95,8 +96,10 @@ def quantize_multiplier(m: float | torch.Tensor) -> tuple[int, int] | tuple[torc
     Example:
         >>> quantize_multiplier(0.75), quantize_multiplier(1.25), quantize_multiplier(2.0**-33)
         ((1610612736, 0), (1342177280, 1), (0, 0))
-        >>> quantize_multiplier(torch.tensor([0.25, 0.0, 3.0]))
-        (tensor([1073741824,          0, 1610612736], dtype=torch.int32), tensor([-1,  0,  2], dtype=torch.int32))
+        >>> m0, shift = quantize_multiplier(torch.tensor([0.25, 0.0, 3.0]))
+        >>> m0, shift
+        (tensor([1073741824,          0, 1610612736], dtype=torch.int32),
+         tensor([-1,  0,  2], dtype=torch.int32))
     """
     if isinstance(m, torch.Tensor):
         return _quantize_multiplier_tensor(m)
@@ -229,7 +232,7 @@ def multiply_by_quantized_multiplier(x: IntLike, m0: IntLike, shift: IntLike) ->
 
     Overflow: TFLite computes ``x · 2^left`` in int32, where overflow is undefined behaviour in C++. Here it is
     computed exactly and **saturated** to ``[INT32_MIN, INT32_MAX]`` before the high multiply, so an
-    overflowing input gives ``≈ ±2^31 · m0 / 2^31`` rather than a wrapped value; the true product is outside
+    overflowing input gives ``≈ ±m0`` rather than a wrapped value; the true product is outside
     int32 then anyway. Where TFLite is defined the two agree bit for bit.
 
     Args:

@@ -4,6 +4,7 @@ Every cast rounds to nearest, ties to even (docs/math.md, eq. P4), except ``Bf16
 the top 16 bits of the float32 pattern (eq. P6). Any floating dtype is accepted: float16, bfloat16 and fp8 reach
 float32 exactly, float64 by round-to-odd (eq. P9), so the final cast is the only rounding. torch's own float64
 casts round twice (float64 → float32 → target) and can land one step off (measured on torch 2.13, CPU; below).
+Results are detached from autograd in every mode.
 
 Example:
     >>> import torch
@@ -129,7 +130,9 @@ def _check_tensor(x: object, where: str) -> torch.Tensor:
         raise ValueError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise ValueError(f"{where}: x must be a floating tensor, got {x.dtype}")
-    return x
+    # torch would pass an identity gradient through some casts and none through the bit-level ones; detaching
+    # everywhere makes the contract one rule (training uses the STEs of lowbit.functional.ste).
+    return x.detach()
 
 
 def _to_float32(x: torch.Tensor) -> torch.Tensor:
@@ -142,13 +145,14 @@ def _to_float32(x: torch.Tensor) -> torch.Tensor:
     if x.dtype != torch.float64:
         return x.to(torch.float32)
     nearest = x.to(torch.float32)
-    bits = nearest.view(torch.int32)
-    # Where RNE rounded away from zero (overflow to inf included), step one float32 back toward zero: the
-    # magnitude lives in the low 31 bits for either sign, so subtracting 1 from the pattern shrinks it.
-    away = nearest.to(torch.float64).abs() > x.abs()
-    bits = torch.where(away, bits - 1, bits)
-    inexact = bits.view(torch.float32).to(torch.float64) != x  # True for NaN too: bit 0 set, still NaN
-    return torch.where(inexact, bits | 1, bits).view(torch.float32)
+    wide = nearest.to(torch.float64)
+    inexact = wide != x  # True for NaN too, harmless: a NaN with bit 0 set is still NaN
+    # |nearest| > |x| iff RNE went away from zero (overflow to inf included; inf − inf is NaN, so not for inf).
+    away = (wide - x).mul_(wide) > 0
+    # The magnitude lives in the low 31 bits for either sign: minus 1 steps toward zero (truncation), then
+    # or-ing 1 into an inexact result makes it the odd neighbour.
+    bits = nearest.view(torch.int32) - away.to(torch.int32)
+    return bits.bitwise_or_(inexact.to(torch.int32)).view(torch.float32)
 
 
 def to_fp16(x: torch.Tensor) -> torch.Tensor:
@@ -191,13 +195,15 @@ def to_bf16(x: torch.Tensor, rounding: Bf16Rounding = Bf16Rounding.NEAREST_EVEN)
         >>> to_bf16(x, Bf16Rounding.TRUNCATE)
         tensor([ 1.0000,  1.0078, -1.0078], dtype=torch.bfloat16)
     """
-    x32 = _to_float32(_check_tensor(x, "to_bf16"))
+    x = _check_tensor(x, "to_bf16")
     if not isinstance(rounding, Bf16Rounding):
         raise ValueError(f"to_bf16: rounding must be a Bf16Rounding, got {rounding!r}")
+    x32 = _to_float32(x)
     if rounding is Bf16Rounding.NEAREST_EVEN:
         return x32.to(torch.bfloat16)
     bits = x32.view(torch.int32)
-    # A NaN whose payload sits only in the low 16 bits would become inf once they are cut: quieten it first.
+    # A NaN whose payload sits only in the low 16 bits would become inf once they are cut: quieten it first
+    # (docs/math.md, eq. P6).
     bits = torch.where(torch.isnan(x32), bits | _QUIET_BIT, bits)
     # The masked pattern is a bf16 value, so this last conversion is exact.
     return (bits & _HIGH_HALF).view(torch.float32).to(torch.bfloat16)
@@ -228,12 +234,13 @@ def to_fp8(x: torch.Tensor, fmt: FloatFormat = FloatFormat.FP8_E4M3, saturate: b
         >>> to_fp8(x, FloatFormat.FP8_E5M2, saturate=False)
         tensor([0.3125,    inf,   -inf], dtype=torch.float8_e5m2)
     """
-    x32 = _to_float32(_check_tensor(x, "to_fp8"))
+    x = _check_tensor(x, "to_fp8")
     if fmt not in _FP8:
         raise ValueError(f"to_fp8: fmt must be FloatFormat.FP8_E4M3 or FloatFormat.FP8_E5M2, got {fmt!r}")
     if not isinstance(saturate, bool):
         raise ValueError(f"to_fp8: saturate must be a bool, got {saturate!r}")
-    if saturate:  # max_finite is a float32, so clamping before rounding saturates the result; NaN passes
+    x32 = _to_float32(x)
+    if saturate:  # max_finite is a float32: clamping, then rounding saturates (docs/math.md, eq. P8); NaN passes
         x32 = x32.clamp(-fmt.max_finite, fmt.max_finite)
     return x32.to(fmt.dtype)
 
@@ -283,7 +290,8 @@ def round_trip(x: torch.Tensor, fmt: FloatFormat, **options: Any) -> torch.Tenso
 
     Every value of every format is a float32, so reading back is exact and the error is the cast's alone:
     relative error at most ``2^−(m+1)`` in the normal range (eq. P4), below ``2^−m`` for bf16 truncation (eq. P6).
-    Gradients are not part of this contract; training wraps the cast in an STE (:mod:`lowbit.functional.ste`).
+    Like every cast here, the result is detached from autograd; training wraps it in an STE
+    (:mod:`lowbit.functional.ste`).
 
     Args:
         x, fmt, **options: as for :func:`cast`.

@@ -1,21 +1,25 @@
-"""Signed magnitude histograms with a range that grows by whole factors (docs/math.md, eq. 10).
+"""Signed histograms with a range that grows by whole factors (docs/math.md, eq. 10).
 
-A histogram here is two count arrays per channel, ``pos`` for values ``≥ 0`` and ``neg`` for ``|x|`` of
-values ``< 0``, each with ``bins`` equal bins over ``[0, width]`` (the top bin includes ``width``). When new
-data exceed ``width``, the range grows by the smallest integer ``k`` that covers them and every ``k``
-neighbouring bins merge into one: no count moves to a bin that does not contain its value, and memory stays
-fixed however many batches arrive. ``pos + neg`` is the ``|x|`` histogram TensorRT's entropy calibration uses.
+A histogram here is one int64 array per channel of ``2·bins`` counts over ``[−width, width]``: index
+``bins + i`` holds values in ``[i·Δ, (i+1)·Δ)`` and index ``bins − 1 − i`` values in ``[−(i+1)·Δ, −i·Δ)``,
+``Δ = width/bins`` (values at ``±width`` land in the end bins). :func:`split_signed` reads it as ``pos`` and
+``neg`` magnitude histograms; ``pos + neg`` is the ``|x|`` histogram TensorRT's entropy calibration uses.
 
-The binning kernel is compiled with numba (parallel over threads, one private histogram per thread) because
-a histogram is a scatter, which torch only offers at several times the cost (``torch.bincount``).
+When new data exceed ``width``, the range grows by the smallest integer ``k`` that covers them and every ``k``
+neighbouring magnitude bins merge into one: no count moves to a bin that does not contain its value, and
+memory stays fixed however many batches arrive.
+
+The binning kernels are compiled with numba (parallel over threads) because a histogram is a scatter, which
+torch only offers at several times the cost (``torch.bincount``).
 
 Example:
     >>> import torch
-    >>> pos, neg = empty_histogram(channels=1, bins=4)
-    >>> add_to_histogram(torch.tensor([[0.1, 0.9, -0.5, 1.0]]), torch.tensor([1.0], dtype=torch.float64), pos, neg)
+    >>> counts = empty_histogram(channels=1, bins=4)
+    >>> add_to_histogram(torch.tensor([[0.1, 0.9, -0.6, 1.0]]), torch.tensor([1.0], dtype=torch.float64), counts)
+    >>> pos, neg = split_signed(counts)
     >>> pos.tolist(), neg.tolist()
     ([[1, 0, 0, 2]], [[0, 0, 1, 0]])
-    >>> regrid(pos, torch.tensor([2])).tolist()
+    >>> split_signed(regrid(counts, torch.tensor([2])))[0].tolist()
     [[1, 2, 0, 0]]
 """
 
@@ -25,94 +29,87 @@ import numba
 import numpy as np
 import torch
 
-__all__ = ["empty_histogram", "add_to_histogram", "regrid"]
+from lowbit.functional import _kernels
+
+__all__ = ["empty_histogram", "add_to_histogram", "split_signed", "regrid", "row_moments"]
 
 
-def empty_histogram(channels: int, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zeroed ``(pos, neg)`` int64 count tensors of shape ``[channels, bins]``."""
-    return torch.zeros(channels, bins, dtype=torch.int64), torch.zeros(channels, bins, dtype=torch.int64)
+def empty_histogram(channels: int, bins: int) -> torch.Tensor:
+    """Zeroed int64 signed counts of shape ``[channels, 2·bins]``."""
+    return torch.zeros(channels, 2 * bins, dtype=torch.int64)
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False)
-def _bin_rows(rows: np.ndarray, inv_width: np.ndarray, pos: np.ndarray, neg: np.ndarray, threads: int) -> None:  # pragma: no cover
-    # Row by row (one channel each); inside a row, chunks go to threads with private histograms, because
-    # concurrent increments of a shared bin would race.
-    channels, length = rows.shape
-    bins = pos.shape[1]
-    chunk = (length + threads - 1) // threads
-    for c in range(channels):
-        local_pos = np.zeros((threads, bins), np.int64)
-        local_neg = np.zeros((threads, bins), np.int64)
-        scale = inv_width[c] * bins
-        for t in numba.prange(threads):
-            start = t * chunk
-            stop = min(length, start + chunk)
-            for j in range(start, stop):
-                v = rows[c, j]
-                if v >= 0:
-                    local_pos[t, min(np.int64(v * scale), bins - 1)] += 1
-                else:
-                    local_neg[t, min(np.int64(-v * scale), bins - 1)] += 1
-        for t in range(threads):
-            for b in range(bins):
-                pos[c, b] += local_pos[t, b]
-                neg[c, b] += local_neg[t, b]
+def split_signed(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pos, neg)`` magnitude histograms ``[..., bins]`` of signed ``counts`` (``neg`` is a copy)."""
+    bins = counts.shape[-1] // 2
+    return counts[..., bins:], counts[..., :bins].flip(-1)
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False)
-def _bin_many_rows(rows: np.ndarray, inv_width: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> None:  # pragma: no cover
-    # Many channels: each thread owns whole rows, so no two threads touch the same histogram.
-    channels, length = rows.shape
-    bins = pos.shape[1]
-    for c in numba.prange(channels):
-        scale = inv_width[c] * bins
-        for j in range(length):
-            v = rows[c, j]
-            if v >= 0:
-                pos[c, min(np.int64(v * scale), bins - 1)] += 1
-            else:
-                neg[c, min(np.int64(-v * scale), bins - 1)] += 1
-
-
-def add_to_histogram(rows: torch.Tensor, width: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> None:
-    """Count ``rows[c]`` into ``pos[c]``/``neg[c]`` over ``[0, width[c]]`` in place (values beyond go to the top bin).
+def add_to_histogram(rows: torch.Tensor, width: torch.Tensor, counts: torch.Tensor) -> None:
+    """Count ``rows[c]`` into ``counts[c]`` over ``[−width[c], width[c]]`` in place (values beyond: end bins).
 
     Args:
         rows: ``[channels, n]`` float tensor (converted to contiguous float32).
         width: ``[channels]`` float64, each > 0 where the row holds a non-zero value.
-        pos, neg: ``[channels, bins]`` int64 counts, updated in place.
+        counts: ``[channels, 2·bins]`` int64, contiguous.
 
     Raises:
-        ValueError: mismatched shapes or non-int64 counts.
+        ValueError: mismatched shapes, or counts that are not contiguous int64.
     """
-    if rows.ndim != 2 or pos.shape != neg.shape or pos.shape[0] != rows.shape[0] or width.shape != rows.shape[:1]:
+    if rows.ndim != 2 or counts.ndim != 2 or counts.shape[0] != rows.shape[0] or width.shape != rows.shape[:1]:
         raise ValueError(
-            f"add_to_histogram: rows {tuple(rows.shape)}, width {tuple(width.shape)}, pos {tuple(pos.shape)} "
-            f"and neg {tuple(neg.shape)} do not line up"
+            f"add_to_histogram: rows {tuple(rows.shape)}, width {tuple(width.shape)} and counts "
+            f"{tuple(counts.shape)} do not line up"
         )
-    if pos.dtype != torch.int64 or neg.dtype != torch.int64:
-        raise ValueError(f"add_to_histogram needs int64 counts, got {pos.dtype} and {neg.dtype}")
+    if counts.dtype != torch.int64 or not counts.is_contiguous():
+        raise ValueError(f"add_to_histogram needs contiguous int64 counts, got {counts.dtype}")
     data = rows.detach().to(torch.float32).contiguous().numpy()
-    # A zero width only happens for an all-zero row: its values all fall in bin 0 whatever the scale.
-    inv = torch.where(width > 0, 1.0 / width.clamp(min=1e-300), 0.0).to(torch.float64).numpy()
+    bins = counts.shape[1] // 2
+    # A zero width only happens for an all-zero row: its values all fall in the bin at 0 whatever the scale.
+    scales = torch.where(width > 0, bins / width.clamp(min=1e-300), 0.0).to(torch.float64).numpy()
     threads = numba.get_num_threads()
     if rows.shape[0] < threads * 4:
-        _bin_rows(data, inv, pos.numpy(), neg.numpy(), threads)
+        # few rows: split each row across threads, each with private interleaved histograms
+        for c in range(rows.shape[0]):
+            scratch = np.zeros((threads, _kernels._LANES, 2 * bins), np.int32)
+            _kernels.signed_histogram_chunks(data[c], scales[c], scratch)
+            counts[c] += torch.from_numpy(scratch.sum(axis=(0, 1), dtype=np.int64))
     else:
-        _bin_many_rows(data, inv, pos.numpy(), neg.numpy())
+        _kernels.signed_histogram_rows(data, scales, counts.numpy())
 
 
-def regrid(counts: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Counts over a range ``factor[c]`` times wider: bins ``[j·k, (j+1)·k)`` merge into bin ``j``.
-
-    Args:
-        counts: ``[channels, bins]`` int64.
-        factor: ``[channels]`` positive ints.
-
-    Example:
-        >>> regrid(torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([3])).tolist()
-        [[6, 9, 0, 0, 0]]
-    """
+def _merge_magnitudes(counts: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     bins = counts.shape[1]
     target = torch.arange(bins).unsqueeze(0) // factor.to(torch.int64).unsqueeze(1)
     return torch.zeros_like(counts).scatter_add_(1, target, counts)
+
+
+def regrid(counts: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Signed counts over a range ``factor[c]`` times wider: magnitude bins ``[j·k, (j+1)·k)`` merge into ``j``.
+
+    Args:
+        counts: ``[channels, 2·bins]`` int64.
+        factor: ``[channels]`` positive ints.
+
+    Example:
+        >>> counts = torch.tensor([[0, 0, 0, 0, 0, 1, 2, 3, 4, 5]])   # 5 bins per sign, positives only
+        >>> split_signed(regrid(counts, torch.tensor([3])))[0].tolist()
+        [[6, 9, 0, 0, 0]]
+    """
+    pos, neg = split_signed(counts)
+    return torch.cat([_merge_magnitudes(neg, factor).flip(-1), _merge_magnitudes(pos, factor)], dim=-1)
+
+
+def row_moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of ``[channels, n]``: ``Σx``, ``Σx²`` and ``Σ|x − mean_row|`` in float64, fused in one kernel.
+
+    Example:
+        >>> [t.tolist() for t in row_moments(torch.tensor([[1.0, 3.0], [-2.0, 2.0]]))]
+        [[4.0, 0.0], [10.0, 8.0], [2.0, 4.0]]
+    """
+    if rows.ndim != 2 or rows.shape[1] == 0:
+        raise ValueError(f"row_moments needs a non-empty [channels, n] tensor, got shape {tuple(rows.shape)}")
+    out = np.zeros((rows.shape[0], 3), np.float64)
+    _kernels.row_moments(rows.detach().to(torch.float32).contiguous().numpy(), out)
+    result = torch.from_numpy(out)
+    return result[:, 0].clone(), result[:, 1].clone(), result[:, 2].clone()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from lowbit.functional.calibration import Prior, aciq_alpha
+from lowbit.functional.histogram import row_moments
 from lowbit.observers.base import Observer
 from lowbit.spec import PerChannel, PerTensor, QuantSpec
 
@@ -51,10 +52,8 @@ class ACIQObserver(Observer):
 
     def _observe(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
         rows = self._rows(x)
-        n = torch.full((rows.shape[0],), float(rows.shape[1]), dtype=torch.float64)
-        total = rows.sum(dim=1, dtype=torch.float64)
-        total_sq = rows.square().sum(dim=1, dtype=torch.float64)
-        absdev = (rows - (total / n).to(rows.dtype).unsqueeze(1)).abs().sum(dim=1, dtype=torch.float64)
+        total, total_sq, absdev = row_moments(rows)
+        n = torch.full_like(total, float(rows.shape[1]))
         if self.count.numel() == 0:
             self.count, self.total, self.total_sq, self.total_absdev = n, total, total_sq, absdev
         else:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from lowbit.functional.calibration import entropy_threshold, histogram_mse, histogram_quantile
-from lowbit.functional.histogram import add_to_histogram, empty_histogram, regrid
+from lowbit.functional.histogram import add_to_histogram, empty_histogram, regrid, split_signed
 from lowbit.observers.base import Observer
 from lowbit.spec import PerChannel, PerTensor, QuantSpec
 
@@ -33,14 +33,23 @@ class _HistogramObserver(Observer):
         if not isinstance(bins, int) or isinstance(bins, bool) or bins < 8:
             raise ValueError(f"{type(self).__name__}.bins must be an int >= 8, got {bins!r}")
         self.bins = bins
-        self.register_buffer("pos", torch.empty(0, bins, dtype=torch.int64))
-        self.register_buffer("neg", torch.empty(0, bins, dtype=torch.int64))
+        self.register_buffer("counts", torch.empty(0, 2 * bins, dtype=torch.int64))
         self.register_buffer("width", torch.empty(0, dtype=torch.float64))
+
+    @property
+    def pos(self) -> torch.Tensor:
+        """``[channels, bins]`` counts of values ``≥ 0`` by magnitude."""
+        return split_signed(self.counts)[0]
+
+    @property
+    def neg(self) -> torch.Tensor:
+        """``[channels, bins]`` counts of values ``< 0`` by magnitude."""
+        return split_signed(self.counts)[1]
 
     def _observe(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
         reach = torch.maximum(lo.abs(), hi.abs()).to(torch.float64).reshape(-1)
         if self.width.numel() == 0:
-            self.pos, self.neg = empty_histogram(reach.numel(), self.bins)
+            self.counts = empty_histogram(reach.numel(), self.bins)
             self.width = torch.zeros_like(reach)
         width = torch.where(self.width > 0, self.width, reach)
         factor = torch.ones_like(reach, dtype=torch.int64)
@@ -48,9 +57,9 @@ class _HistogramObserver(Observer):
         if bool(grow.any()):
             factor = torch.where(grow, torch.ceil(reach / width.clamp(min=1e-300)).to(torch.int64), 1)
             factor = torch.where(width * factor < reach, factor + 1, factor)  # guard a rounding-down product
-            self.pos, self.neg = regrid(self.pos, factor), regrid(self.neg, factor)
+            self.counts = regrid(self.counts, factor)
         self.width = width * factor
-        add_to_histogram(self._rows(x), self.width, self.pos, self.neg)
+        add_to_histogram(self._rows(x), self.width, self.counts)
 
     def _per_channel(self, clip_range) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
         """Apply ``clip_range(c) -> (lo, hi)`` per channel and keep the result inside the observed range."""
@@ -83,8 +92,10 @@ class PercentileObserver(_HistogramObserver):
     def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
         q = self.percentile / 100.0
 
+        pos_all, neg_all = self.pos, self.neg
+
         def clip(c: int) -> tuple[float, float]:
-            pos, neg, width = self.pos[c], self.neg[c], float(self.width[c])
+            pos, neg, width = pos_all[c], neg_all[c], float(self.width[c])
             if width == 0:
                 return 0.0, 0.0
             if self.spec.symmetric:
@@ -128,11 +139,10 @@ class EntropyObserver(_HistogramObserver):
 
     def threshold(self) -> float:
         """The chosen clip of ``|x|`` (upper edge of the last kept bin)."""
-        counts = (self.pos + self.neg)[0]
         width = float(self.width[0])
         if width == 0:
             return 0.0
-        return entropy_threshold(counts, self.levels, self.start_bin) * width / self.bins
+        return entropy_threshold((self.pos + self.neg)[0], self.levels, self.start_bin) * width / self.bins
 
     def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.threshold()
@@ -159,6 +169,7 @@ class MSEObserver(_HistogramObserver):
     def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
         shrink = torch.arange(1, self.candidates + 1, dtype=torch.float64) / self.candidates
         mins, maxs = self.min_val.reshape(-1).double(), self.max_val.reshape(-1).double()
+        pos_all, neg_all = self.pos, self.neg
 
         def clip(c: int) -> tuple[float, float]:
             lo, hi = float(mins[c]), float(maxs[c])
@@ -169,7 +180,7 @@ class MSEObserver(_HistogramObserver):
                 lo_k, hi_k = -reach * shrink, reach * shrink
             else:
                 lo_k, hi_k = min(lo, 0.0) * shrink, max(hi, 0.0) * shrink
-            errors = histogram_mse(self.pos[c], self.neg[c], float(self.width[c]), lo_k, hi_k, self.spec)
+            errors = histogram_mse(pos_all[c], neg_all[c], float(self.width[c]), lo_k, hi_k, self.spec)
             best = int(torch.argmin(errors))
             return float(lo_k[best]), float(hi_k[best])
 
