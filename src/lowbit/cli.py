@@ -68,10 +68,8 @@ def demo(
     by_key: dict[tuple[int, str], list[float]] = defaultdict(list)
     for r in rows:
         by_key[(r.bits, r.granularity)].append(r.sqnr_db)
-    table = Table(
-        title=f"MiniLM-L6: SQNR (dB) of {len(weights)} Linear weights, mean [worst]",
-        caption="symmetric signed grid, min/max range; measured by simulation (fake quantization in float)",
-    )
+    console.print(f"MiniLM-L6: SQNR (dB) of its {len(weights)} Linear weights — mean [worst layer]", markup=False)
+    table = Table()
     table.add_column("bits", justify="right")
     for g in granularities:
         table.add_column(g, justify="right")
@@ -82,6 +80,7 @@ def demo(
             cells.append(f"{statistics.fmean(values):.1f} [{min(values):.1f}]" if values else "—")
         table.add_row(str(b), *cells)
     console.print(table)
+    console.print("symmetric signed grid, min/max range; simulation (fake quantization in float)")
     if per_layer:
         detail = Table(title="per layer (dB)")
         detail.add_column("layer")
