@@ -75,8 +75,13 @@ def test_qparams_validation():
     assert good.scale.shape == (2,)
     with pytest.raises(ValueError, match="zero_point must lie in \\[0, 255\\], got range \\[0, 256\\]"):
         QParams(torch.tensor([0.1, 0.2]), torch.tensor([0, 256], dtype=torch.int32), spec)
-    with pytest.raises(ValueError, match="scale must be a float32 tensor"):
-        QParams(torch.tensor([0.1], dtype=torch.float64), torch.tensor([0], dtype=torch.int32), spec)
+    with pytest.raises(ValueError, match="scale must be a float tensor or number"):
+        QParams(torch.tensor([1]), torch.tensor([0], dtype=torch.int32), spec)
+    with pytest.raises(ValueError, match="zero_point must be an integer tensor or int, got a torch.float32"):
+        QParams(torch.tensor([0.1]), torch.tensor([0.0]), spec)
+    converted = QParams(torch.tensor([0.1], dtype=torch.float64), torch.tensor([7]), spec)
+    assert converted.scale.dtype == torch.float32 and converted.zero_point.dtype == torch.int32
+    assert int(QParams(0.25, 3, spec).zero_point) == 3
     with pytest.raises(ValueError, match="shape"):
         QParams(torch.tensor([0.1, 0.2]), torch.tensor([0], dtype=torch.int32), spec)
     with pytest.raises(ValueError, match="finite and > 0"):

@@ -217,12 +217,13 @@ class QParams:
     """A scale and zero point for a spec: ``x ≈ scale · (q − zero_point)``.
 
     Shapes follow the granularity: ``()`` per tensor, ``[C]`` per channel, ``[C, G]`` per group.
-    ``scale`` is float32 and positive; ``zero_point`` is int32 and on the grid.
+    ``scale`` is stored as float32 and must be positive; ``zero_point`` is stored as int32 and must be on the grid.
+    Python numbers and other float/integer dtypes are converted (a float zero point is an error).
 
     Example:
-        >>> qp = QParams(torch.tensor(0.5), torch.tensor(3, dtype=torch.int32), QuantSpec(signed=False))
-        >>> float(qp.scale), int(qp.zero_point)
-        (0.5, 3)
+        >>> qp = QParams(0.5, 3, QuantSpec(signed=False))
+        >>> qp.scale, qp.zero_point
+        (tensor(0.5000), tensor(3, dtype=torch.int32))
         >>> QParams(torch.tensor(-1.0), torch.tensor(0, dtype=torch.int32), QuantSpec())
         Traceback (most recent call last):
         ...
@@ -236,10 +237,19 @@ class QParams:
     def __post_init__(self) -> None:
         if not isinstance(self.spec, QuantSpec):
             raise ValueError(f"QParams.spec must be a QuantSpec, got {self.spec!r}")
-        if not (isinstance(self.scale, torch.Tensor) and self.scale.dtype == torch.float32):
-            raise ValueError(f"QParams.scale must be a float32 tensor, got {_describe(self.scale)}")
-        if not (isinstance(self.zero_point, torch.Tensor) and self.zero_point.dtype == torch.int32):
-            raise ValueError(f"QParams.zero_point must be an int32 tensor, got {_describe(self.zero_point)}")
+        scale, zero_point = self.scale, self.zero_point
+        if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+            scale = torch.tensor(float(scale))
+        if not (isinstance(scale, torch.Tensor) and scale.is_floating_point()):
+            raise ValueError(f"QParams.scale must be a float tensor or number, got {_describe(self.scale)}")
+        if isinstance(zero_point, int) and not isinstance(zero_point, bool):
+            zero_point = torch.tensor(zero_point)
+        if not isinstance(zero_point, torch.Tensor) or zero_point.is_floating_point() or zero_point.is_complex() \
+                or zero_point.dtype == torch.bool:
+            raise ValueError(f"QParams.zero_point must be an integer tensor or int, got {_describe(self.zero_point)}")
+        # frozen dataclass: normalise the stored dtypes once, here
+        object.__setattr__(self, "scale", scale.to(torch.float32))
+        object.__setattr__(self, "zero_point", zero_point.to(torch.int32))
         if self.scale.shape != self.zero_point.shape:
             raise ValueError(
                 f"QParams.scale shape {tuple(self.scale.shape)} differs from "
@@ -247,7 +257,7 @@ class QParams:
             )
         if self.scale.numel() and not bool((torch.isfinite(self.scale) & (self.scale > 0)).all()):
             raise ValueError(f"QParams.scale must be finite and > 0, got min {self.scale.min().item()}")
-        zp = self.zero_point
+        zp = zero_point
         if zp.numel() and (int(zp.min()) < self.spec.qmin or int(zp.max()) > self.spec.qmax):
             raise ValueError(
                 f"QParams.zero_point must lie in [{self.spec.qmin}, {self.spec.qmax}], "

@@ -130,6 +130,8 @@ def test_per_channel_matches_a_loop_over_channels():
     spec = QuantSpec(bits=6, signed=False, symmetric=False, granularity=PerChannel(1))
     qp = choose_qparams(*reduce_minmax(x, spec.granularity), spec)
     q = quantize(x, qp)
+    shape = (1, 5, 1)
+    assert torch.equal(q.double(), _reference_quantize(x, qp.scale.view(shape), qp.zero_point.view(shape), 0, 63))
     for c in range(5):
         sub = x[:, c, :]
         one = choose_qparams(sub.min(), sub.max(), QuantSpec(bits=6, signed=False, symmetric=False))
@@ -242,7 +244,26 @@ def test_fake_quantize_gradient_is_one_inside_zero_outside():
     assert x.grad.tolist() == [1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
 
 
-def test_fake_quantize_keeps_float64_and_promotes_half():
-    qp = choose_qparams(-1.0, 1.0, QuantSpec())
-    assert fake_quantize(torch.zeros(2, dtype=torch.float64), qp).dtype == torch.float64
-    assert fake_quantize(torch.zeros(2, dtype=torch.float16), qp).dtype == torch.float32
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_fake_quantize_keeps_the_input_dtype(dtype):
+    torch.manual_seed(3)
+    x = (torch.randn(1000) * 2).to(dtype)
+    qp = choose_qparams(-2.0, 2.0, QuantSpec(bits=6))
+    y = fake_quantize(x, qp)
+    assert y.dtype == dtype
+    # one rounding back to the input dtype of the float32 result
+    assert torch.equal(y, dequantize(quantize(x, qp), qp).to(dtype)) or dtype == torch.float64
+    if dtype == torch.float64:
+        ref = (_reference_quantize(x, qp.scale, qp.zero_point, -32, 31) - 0) * qp.scale.double()
+        assert torch.equal(y, ref)
+
+
+def test_stochastic_rounding_keeps_grid_values_and_is_unbiased_at_16_bits():
+    spec = QuantSpec(bits=16, rounding=Rounding.STOCHASTIC)
+    qp = QParams(torch.tensor(1.0), torch.tensor(0, dtype=torch.int32), spec)
+    g = torch.Generator().manual_seed(0)
+    on_grid = torch.full((1_000_000,), 30000.0)
+    assert bool((quantize(on_grid, qp, generator=g) == 30000).all())
+    near = torch.full((1_000_000,), 30000.25)
+    mean = float(quantize(near, qp, generator=g).double().mean())
+    assert abs(mean - 30000.25) < 6 * math.sqrt(0.25 * 0.75 / 1_000_000)

@@ -228,3 +228,71 @@ def test_constructor_validation_names_the_field(build, field):
 def test_lowbit_exports_observers():
     assert lowbit.observers.MinMaxObserver is MinMaxObserver
     assert PerTensor() == QuantSpec().granularity
+
+
+# --- regressions found in review -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [PercentileObserver, EntropyObserver, MSEObserver])
+def test_tiny_ranges_do_not_crash_the_histogram_kernel(cls):
+    obs = cls(QuantSpec(bits=8))
+    obs.update(torch.tensor([1e-37, 0.0, -5e-38]))  # bins/width overflows float32
+    obs.update(torch.tensor([1e-36]))
+    assert int(obs.counts.sum()) == 4
+    assert torch.isfinite(obs.calculate_qparams().scale).all()
+
+
+def test_values_beyond_float32_are_rejected():
+    with pytest.raises(ValueError, match="float32 range"):
+        PercentileObserver(QuantSpec()).update(torch.tensor([1e300, 1.0], dtype=torch.float64))
+
+
+def test_a_half_precision_first_batch_does_not_cap_later_ranges():
+    obs = MinMaxObserver(QuantSpec(symmetric=False))
+    obs.update(torch.tensor([1.0, -2.0], dtype=torch.float16))
+    obs.update(torch.tensor([1e5, -3.0]))
+    assert float(obs.max_val) == 1e5 and float(obs.min_val) == -3.0
+    b = MinMaxObserver(QuantSpec(symmetric=False))
+    b.update(torch.tensor([1.0], dtype=torch.bfloat16))
+    b.update(torch.tensor([1.001]))
+    assert float(b.max_val) == pytest.approx(1.001, rel=1e-7)
+
+
+def test_load_state_dict_refuses_other_bins_and_other_specs():
+    torch.manual_seed(9)
+    small = EntropyObserver(QuantSpec(), bins=512)
+    small.update(torch.randn(10_000))
+    with pytest.raises(ValueError, match="bins=2048 but the loaded histogram has 512 bins"):
+        EntropyObserver(QuantSpec()).load_state_dict(small.state_dict())
+    channel = MinMaxObserver(QuantSpec(granularity=PerChannel(0)))
+    channel.update(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="saved for spec"):
+        MinMaxObserver(QuantSpec()).load_state_dict(channel.state_dict())
+
+
+def test_aciq_does_not_depend_on_batching():
+    torch.manual_seed(10)
+    data = torch.cat([torch.randn(50_000) - 5, torch.randn(50_000) + 5])
+    for prior in Prior:
+        whole = ACIQObserver(QuantSpec(bits=4), prior=prior)
+        whole.update(data)
+        halves = ACIQObserver(QuantSpec(bits=4), prior=prior)
+        for part in data.split(50_000):  # each half has its own mean: per-batch statistics would differ
+            halves.update(part)
+        for a, b in zip(whole._range(), halves._range()):
+            assert float(a) == pytest.approx(float(b), rel=1e-9)
+
+
+def test_growth_keeps_values_at_the_old_maximum_in_their_bin():
+    obs = PercentileObserver(QuantSpec(), bins=8)
+    obs.update(torch.ones(1000))  # every value sits at the first batch's maximum
+    obs.update(torch.tensor([2.0]))
+    direct = PercentileObserver(QuantSpec(), bins=8)
+    direct.update(torch.tensor([2.0]))  # a range set by 2.0 first, then the 1.0 values counted in it
+    direct.width = obs.width.clone()
+    direct.counts.zero_()
+    from lowbit.functional.histogram import add_to_histogram
+
+    add_to_histogram(torch.cat([torch.ones(1000), torch.tensor([2.0])]).reshape(1, -1), obs.width, direct.counts)
+    assert torch.equal(obs.counts, direct.counts)
+    assert float(obs.width[0]) > 2.0

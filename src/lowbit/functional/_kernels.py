@@ -9,12 +9,27 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+# fastmath without "nnan"/"ninf": the clamps below must keep their meaning for NaN/Inf products, or a bad value
+# would become an out-of-range index (bounds checks are off for speed).
+_FAST = {"contract", "arcp", "reassoc", "nsz", "afn"}
+
 # Interleaved sub-histograms per thread: consecutive values that hit the same bin would otherwise wait on
 # each other's increment (a store-to-load dependency); four independent copies hide that latency.
 _LANES = 4
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False, fastmath=True)
+@numba.njit(inline="always", fastmath=_FAST)
+def _bin(x, sc, offset, top):  # pragma: no cover - compiled
+    # floor(x·sc) + bins, clamped to [0, 2·bins − 1]; written as comparisons so NaN lands in bin 0
+    v = np.floor(x * sc) + offset
+    if v >= top:
+        return np.int32(top)
+    if v >= np.float32(0.0):
+        return np.int32(v)
+    return np.int32(0)
+
+
+@numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False, fastmath=_FAST)
 def signed_histogram_chunks(flat, scale, out):  # pragma: no cover - compiled
     """Count ``flat`` into ``out[t, lane, :]`` (thread ``t``), signed bins: index ``floor(x·scale) + bins``.
 
@@ -29,7 +44,6 @@ def signed_histogram_chunks(flat, scale, out):  # pragma: no cover - compiled
     sc = np.float32(scale)
     offset = np.float32(bins2 // 2)
     top = np.float32(bins2 - 1)
-    zero = np.float32(0.0)
     for t in numba.prange(threads):
         start = min(n, t * chunk)
         stop = min(n, start + chunk)
@@ -37,32 +51,28 @@ def signed_histogram_chunks(flat, scale, out):  # pragma: no cover - compiled
         h = out[t]
         for j in range(start, whole, _LANES):
             for lane in range(_LANES):
-                v = min(max(np.floor(flat[j + lane] * sc) + offset, zero), top)
-                h[lane, np.int32(v)] += 1
+                h[lane, _bin(flat[j + lane], sc, offset, top)] += 1
         for j in range(whole, stop):
-            v = min(max(np.floor(flat[j] * sc) + offset, zero), top)
-            h[0, np.int32(v)] += 1
+            h[0, _bin(flat[j], sc, offset, top)] += 1
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False, fastmath=True)
+@numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False, fastmath=_FAST)
 def signed_histogram_rows(rows, scales, out):  # pragma: no cover - compiled
     """Count row ``c`` of ``rows`` into ``out[c, :]`` with that row's ``scales[c]``; one thread per row."""
     channels, length = rows.shape
     bins2 = out.shape[1]
     offset = np.float32(bins2 // 2)
     top = np.float32(bins2 - 1)
-    zero = np.float32(0.0)
     for c in numba.prange(channels):
         sc = np.float32(scales[c])
         h = out[c]
         for j in range(length):
-            v = min(max(np.floor(rows[c, j] * sc) + offset, zero), top)
-            h[np.int32(v)] += 1
+            h[_bin(rows[c, j], sc, offset, top)] += 1
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False, fastmath=True)
+@numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False, fastmath=_FAST)
 def row_moments(rows, out):  # pragma: no cover - compiled
-    """Per row: ``out[c] = (Σx, Σx², Σ|x − mean|)`` in float64 (two passes: the mean first)."""
+    """Per row: ``out[c] = (Σx, Σx²)`` accumulated in float64, one pass."""
     channels, length = rows.shape
     for c in numba.prange(channels):
         s = 0.0
@@ -71,10 +81,5 @@ def row_moments(rows, out):  # pragma: no cover - compiled
             v = np.float64(rows[c, j])
             s += v
             s2 += v * v
-        mean = s / length
-        dev = 0.0
-        for j in range(length):
-            dev += abs(np.float64(rows[c, j]) - mean)
         out[c, 0] = s
         out[c, 1] = s2
-        out[c, 2] = dev

@@ -205,7 +205,10 @@ def _rounded_codes(
     scaled = xv / layout.qparams(qp.scale).to(xv.dtype)
     if qp.spec.rounding is Rounding.STOCHASTIC:
         noise = torch.rand(scaled.shape, generator=generator, dtype=scaled.dtype, device=scaled.device)
-        rounded = torch.floor(scaled + noise)
+        # floor(v + u) rounds the sum when u is near 1 and biases the result; comparing u with the exact
+        # fraction v − floor(v) rounds up with probability exactly that fraction.
+        low = torch.floor(scaled)
+        rounded = low + (noise < scaled - low).to(scaled.dtype)
     else:
         rounded = torch.round(scaled)
     return rounded + layout.qparams(qp.zero_point).to(rounded.dtype)
@@ -248,11 +251,12 @@ def dequantize(q: torch.Tensor, qp: QParams) -> torch.Tensor:
 
 
 def fake_quantize(x: torch.Tensor, qp: QParams, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``dequantize(quantize(x))`` in float, with a straight-through gradient (eq. 9).
+    """``dequantize(quantize(x))`` in ``x``'s dtype, with a straight-through gradient (eq. 9).
 
     The gradient is 1 where ``round(x/scale) + zero_point`` lands inside ``[qmin, qmax]`` and 0 where it is
-    clipped — the convention of ``torch.fake_quantize_per_tensor_affine``. Values equal
-    ``dequantize(quantize(x, qp), qp)`` bit for bit.
+    clipped — the convention of ``torch.fake_quantize_per_tensor_affine``. For float32 ``x`` the values equal
+    ``dequantize(quantize(x, qp), qp)`` bit for bit; float16/bfloat16 are computed in float32 and rounded back
+    to their dtype once (a half-precision model stays half precision); float64 is computed in float64.
 
     Example:
         >>> qp = choose_qparams(-1.0, 1.0, QuantSpec(bits=4))
@@ -267,7 +271,7 @@ def fake_quantize(x: torch.Tensor, qp: QParams, generator: torch.Generator | Non
         inside = (codes >= qp.spec.qmin) & (codes <= qp.spec.qmax)
         clamped = codes.clamp(qp.spec.qmin, qp.spec.qmax) - layout.qparams(qp.zero_point).to(codes.dtype)
         values = clamped * layout.qparams(qp.scale).to(codes.dtype)
-        y = layout.restore(values).to(torch.float32 if x.dtype != torch.float64 else x.dtype)
+        y = layout.restore(values).to(x.dtype)
         mask = layout.restore(inside)
     if not x.requires_grad:
         return y

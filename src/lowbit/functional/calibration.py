@@ -6,6 +6,9 @@
   for a Laplace or Gaussian prior (eq. 12).
 - :func:`histogram_mse`: quantization MSE of a histogram for many candidate qparams at once.
 
+Each observer's clip is one function here: :func:`percentile_range`, :func:`entropy_clip`, :func:`mse_range`
+and :func:`aciq_range`; observers only accumulate the statistics they read.
+
 Example:
     >>> round(aciq_alpha(Prior.LAPLACE, 4), 2)   # the paper's table: 5.03·b at 4 bits
     5.03
@@ -22,7 +25,17 @@ import torch
 from lowbit.functional.affine import choose_qparams, dequantize, quantize
 from lowbit.spec import PerChannel, QParams, QuantSpec, Rounding
 
-__all__ = ["Prior", "entropy_threshold", "histogram_quantile", "aciq_alpha", "histogram_mse"]
+__all__ = [
+    "Prior",
+    "entropy_threshold",
+    "entropy_clip",
+    "histogram_quantile",
+    "percentile_range",
+    "aciq_alpha",
+    "aciq_range",
+    "histogram_mse",
+    "mse_range",
+]
 
 
 class Prior(enum.Enum):
@@ -174,3 +187,71 @@ def histogram_mse(pos: torch.Tensor, neg: torch.Tensor, width: float, lo: torch.
     grid = values.expand(lo.numel(), -1)
     error = dequantize(quantize(grid, qp), qp).to(torch.float64) - grid.to(torch.float64)
     return (error.square() * weights).sum(dim=1) / weights.sum()
+
+
+def entropy_clip(magnitudes: torch.Tensor, width: float, levels: int, start: int = 128) -> float:
+    """The ``|x|`` clip of :func:`entropy_threshold`: ``i · width / bins`` (0 for an all-zero histogram).
+
+    Example:
+        >>> entropy_clip(torch.ones(256), 2.0, levels=128)
+        2.0
+    """
+    if width == 0:
+        return 0.0
+    return entropy_threshold(magnitudes, levels, start) * width / magnitudes.numel()
+
+
+def percentile_range(pos: torch.Tensor, neg: torch.Tensor, width: float, percentile: float,
+                     symmetric: bool) -> tuple[float, float]:
+    """Clip range at ``percentile`` (0–100]: of ``|x|`` when ``symmetric``, else the two tails separately.
+
+    Example:
+        >>> percentile_range(torch.tensor([1, 1, 1, 1]), torch.tensor([4, 0, 0, 0]), 1.0, 100.0, True)
+        (-1.0, 1.0)
+    """
+    if width == 0:
+        return 0.0, 0.0
+    q = percentile / 100.0
+    if symmetric:
+        t = histogram_quantile(pos + neg, torch.zeros_like(pos), width, q)
+        return -t, t
+    return histogram_quantile(pos, neg, width, 1.0 - q), histogram_quantile(pos, neg, width, q)
+
+
+def mse_range(pos: torch.Tensor, neg: torch.Tensor, width: float, lo: float, hi: float, spec: QuantSpec,
+              candidates: int = 100) -> tuple[float, float]:
+    """The range among ``k/candidates · [lo, hi]``, ``k = 1 … candidates``, with the least :func:`histogram_mse`.
+
+    A symmetric spec shrinks ``±max(|lo|, |hi|)``; an asymmetric one shrinks ``[min(lo, 0), max(hi, 0)]``.
+    Ties keep the narrowest range.
+    """
+    if lo == hi == 0.0:
+        return 0.0, 0.0
+    shrink = torch.arange(1, candidates + 1, dtype=torch.float64) / candidates
+    if spec.symmetric:
+        reach = max(abs(lo), abs(hi))
+        lo_k, hi_k = -reach * shrink, reach * shrink
+    else:
+        lo_k, hi_k = min(lo, 0.0) * shrink, max(hi, 0.0) * shrink
+    best = int(torch.argmin(histogram_mse(pos, neg, width, lo_k, hi_k, spec)))
+    return float(lo_k[best]), float(hi_k[best])
+
+
+def aciq_range(count: torch.Tensor, total: torch.Tensor, total_sq: torch.Tensor, prior: Prior,
+               bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``μ ± α(bits)·b`` (Laplace) or ``μ ± α(bits)·σ`` (Gaussian) from pooled sums (eq. 12).
+
+    ``μ = Σx/n`` and ``σ² = Σx²/n − μ²`` come from float64 sums, so the result does not depend on how the data
+    were split into batches; the Laplace scale is its moment estimate ``b = σ/√2`` (a Laplace variance is
+    ``2b²``) for the same reason.
+
+    Example:
+        >>> lo, hi = aciq_range(torch.tensor([4.0]), torch.tensor([0.0]), torch.tensor([8.0]), Prior.GAUSSIAN, 8)
+        >>> round(float(hi), 3)   # σ = √2, α = 3.924·σ
+        5.549
+    """
+    mean = total / count
+    sigma = (total_sq / count - mean.square()).clamp(min=0).sqrt()
+    spread = sigma / math.sqrt(2.0) if prior is Prior.LAPLACE else sigma
+    alpha = aciq_alpha(prior, bits) * spread
+    return mean - alpha, mean + alpha

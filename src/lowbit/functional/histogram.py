@@ -5,22 +5,26 @@ A histogram here is one int64 array per channel of ``2·bins`` counts over ``[�
 ``Δ = width/bins`` (values at ``±width`` land in the end bins). :func:`split_signed` reads it as ``pos`` and
 ``neg`` magnitude histograms; ``pos + neg`` is the ``|x|`` histogram TensorRT's entropy calibration uses.
 
-When new data exceed ``width``, the range grows by the smallest integer ``k`` that covers them and every ``k``
-neighbouring magnitude bins merge into one: no count moves to a bin that does not contain its value, and
-memory stays fixed however many batches arrive.
+``width`` is kept a little above every value counted (:func:`grow`), so each value sits inside its bin, never on
+the closing edge. When new data reach ``width``, the range grows by the smallest integer ``k`` that puts them
+inside and every ``k`` neighbouring magnitude bins merge into one: no count moves to a bin that does not contain
+its value, and memory stays fixed however many batches arrive.
 
 The binning kernels are compiled with numba (parallel over threads) because a histogram is a scatter, which
 torch only offers at several times the cost (``torch.bincount``).
 
 Example:
     >>> import torch
-    >>> counts = empty_histogram(channels=1, bins=4)
-    >>> add_to_histogram(torch.tensor([[0.1, 0.9, -0.6, 1.0]]), torch.tensor([1.0], dtype=torch.float64), counts)
+    >>> x = torch.tensor([[0.1, 0.9, -0.6, 1.0]])
+    >>> counts, width = grow(empty_histogram(channels=1, bins=4), torch.zeros(1, dtype=torch.float64),
+    ...                      x.abs().amax(1).double())
+    >>> add_to_histogram(x, width, counts)
     >>> pos, neg = split_signed(counts)
     >>> pos.tolist(), neg.tolist()
     ([[1, 0, 0, 2]], [[0, 0, 1, 0]])
-    >>> split_signed(regrid(counts, torch.tensor([2])))[0].tolist()
-    [[1, 2, 0, 0]]
+    >>> counts, width = grow(counts, width, torch.tensor([1.5], dtype=torch.float64))   # doubles the range
+    >>> split_signed(counts)[0].tolist(), round(float(width[0]), 4)
+    ([[1, 2, 0, 0]], 2.0)
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ import torch
 
 from lowbit.functional import _kernels
 
-__all__ = ["empty_histogram", "add_to_histogram", "split_signed", "regrid", "row_moments"]
+__all__ = ["empty_histogram", "add_to_histogram", "split_signed", "grow", "regrid", "row_moments"]
+
+_MARGIN = 1.0 + 2.0**-20
 
 
 def empty_histogram(channels: int, bins: int) -> torch.Tensor:
@@ -49,8 +55,9 @@ def add_to_histogram(rows: torch.Tensor, width: torch.Tensor, counts: torch.Tens
     """Count ``rows[c]`` into ``counts[c]`` over ``[−width[c], width[c]]`` in place (values beyond: end bins).
 
     Args:
-        rows: ``[channels, n]`` float tensor (converted to contiguous float32).
-        width: ``[channels]`` float64, each > 0 where the row holds a non-zero value.
+        rows: ``[channels, n]`` float tensor (converted to contiguous float32). Callers validate the data:
+            ``±Inf`` land in the end bins and NaN in the most negative bin, never outside the array.
+        width: ``[channels]`` float64, each > 0 where the row holds a non-zero value (see :func:`grow`).
         counts: ``[channels, 2·bins]`` int64, contiguous.
 
     Raises:
@@ -66,7 +73,9 @@ def add_to_histogram(rows: torch.Tensor, width: torch.Tensor, counts: torch.Tens
     data = rows.detach().to(torch.float32).contiguous().numpy()
     bins = counts.shape[1] // 2
     # A zero width only happens for an all-zero row: its values all fall in the bin at 0 whatever the scale.
-    scales = torch.where(width > 0, bins / width.clamp(min=1e-300), 0.0).to(torch.float64).numpy()
+    # The kernel multiplies in float32, so the scale must be a finite float32 (a width of 1e-37 would overflow).
+    scales = torch.where(width > 0, bins / width.clamp(min=1e-300), 0.0)
+    scales = scales.clamp(max=float(torch.finfo(torch.float32).max)).to(torch.float64).numpy()
     threads = numba.get_num_threads()
     if rows.shape[0] < threads * 4:
         # few rows: split each row across threads, each with private interleaved histograms
@@ -76,6 +85,32 @@ def add_to_histogram(rows: torch.Tensor, width: torch.Tensor, counts: torch.Tens
             counts[c] += torch.from_numpy(scratch.sum(axis=(0, 1), dtype=np.int64))
     else:
         _kernels.signed_histogram_rows(data, scales, counts.numpy())
+
+
+def grow(counts: torch.Tensor, width: torch.Tensor, reach: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Widen each channel's range so that ``reach[c]·(1 + 2⁻²⁰) ≤ width[c]``, merging bins by a whole factor (eq. 10).
+
+    The margin keeps the largest value strictly inside the top bin even in the kernel's float32 arithmetic
+    (float32 resolves 2⁻²³), so it never sits on a closing edge that a later merge would misplace. A channel's
+    first non-zero ``reach`` sets ``width = reach·(1 + 2⁻²⁰)``; later, a wider reach multiplies ``width`` by
+    ``k = ⌈reach·(1 + 2⁻²⁰)/width⌉`` and merges every ``k`` magnitude bins (:func:`regrid`).
+
+    Args:
+        counts: ``[channels, 2·bins]`` int64.
+        width: ``[channels]`` float64, 0 for a channel that has seen only zeros.
+        reach: ``[channels]`` float64 ``max|x|`` of the new data.
+
+    Returns:
+        ``(counts, width)``, new tensors (the inputs are not modified).
+    """
+    target = reach.to(torch.float64).reshape(width.shape) * _MARGIN
+    width = torch.where((width == 0) & (target > 0), target, width)
+    need = (width > 0) & (target > width)
+    if not bool(need.any()):
+        return counts, width
+    factor = torch.where(need, torch.ceil(target / width.clamp(min=1e-300)), 1.0)
+    factor = torch.where(width * factor < target, factor + 1, factor)  # guard a product rounded down
+    return regrid(counts, factor.to(torch.int64)), width * factor
 
 
 def _merge_magnitudes(counts: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -100,16 +135,16 @@ def regrid(counts: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return torch.cat([_merge_magnitudes(neg, factor).flip(-1), _merge_magnitudes(pos, factor)], dim=-1)
 
 
-def row_moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row of ``[channels, n]``: ``Σx``, ``Σx²`` and ``Σ|x − mean_row|`` in float64, fused in one kernel.
+def row_moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``[channels, n]``: ``Σx`` and ``Σx²`` accumulated in float64, in one fused pass.
 
     Example:
         >>> [t.tolist() for t in row_moments(torch.tensor([[1.0, 3.0], [-2.0, 2.0]]))]
-        [[4.0, 0.0], [10.0, 8.0], [2.0, 4.0]]
+        [[4.0, 0.0], [10.0, 8.0]]
     """
     if rows.ndim != 2 or rows.shape[1] == 0:
         raise ValueError(f"row_moments needs a non-empty [channels, n] tensor, got shape {tuple(rows.shape)}")
-    out = np.zeros((rows.shape[0], 3), np.float64)
+    out = np.zeros((rows.shape[0], 2), np.float64)
     _kernels.row_moments(rows.detach().to(torch.float32).contiguous().numpy(), out)
     result = torch.from_numpy(out)
-    return result[:, 0].clone(), result[:, 1].clone(), result[:, 2].clone()
+    return result[:, 0].clone(), result[:, 1].clone()

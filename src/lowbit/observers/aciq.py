@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.functional.calibration import Prior, aciq_alpha
+from lowbit.functional.calibration import Prior, aciq_range
 from lowbit.functional.histogram import row_moments
 from lowbit.observers.base import Observer
 from lowbit.spec import PerChannel, PerTensor, QuantSpec
@@ -29,8 +29,8 @@ __all__ = ["ACIQObserver", "Prior"]
 class ACIQObserver(Observer):
     """Clip at ``μ ± α(bits)·b`` (Laplace) or ``μ ± α(bits)·σ`` (Gaussian), inside the observed range.
 
-    ``b`` is the mean absolute deviation from each batch's mean (pooled over batches); ``σ`` and ``μ`` come
-    from pooled float64 sums, so they are exact whatever the batch sizes.
+    ``μ``, ``σ`` and ``b = σ/√2`` come from pooled float64 sums, so the clip is the same however the data are
+    split into batches (:func:`~lowbit.functional.calibration.aciq_range`).
 
     Args:
         spec: the grid (per tensor or per channel).
@@ -47,29 +47,20 @@ class ACIQObserver(Observer):
         if not isinstance(prior, Prior):
             raise ValueError(f"ACIQObserver.prior must be a Prior, got {prior!r}")
         self.prior = prior
-        for name in ("count", "total", "total_sq", "total_absdev"):
+        for name in ("count", "total", "total_sq"):
             self.register_buffer(name, torch.empty(0, dtype=torch.float64))
 
     def _observe(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
         rows = self._rows(x)
-        total, total_sq, absdev = row_moments(rows)
+        total, total_sq = row_moments(rows)
         n = torch.full_like(total, float(rows.shape[1]))
         if self.count.numel() == 0:
-            self.count, self.total, self.total_sq, self.total_absdev = n, total, total_sq, absdev
+            self.count, self.total, self.total_sq = n, total, total_sq
         else:
             self.count += n
             self.total += total
             self.total_sq += total_sq
-            self.total_absdev += absdev
 
     def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.total / self.count
-        if self.prior is Prior.LAPLACE:
-            spread = self.total_absdev / self.count
-        else:
-            spread = (self.total_sq / self.count - mean.square()).clamp(min=0).sqrt()
-        alpha = aciq_alpha(self.prior, self.spec.bits) * spread
-        shape = self.min_val.shape
-        lo = torch.maximum((mean - alpha).reshape(shape), self.min_val.double())
-        hi = torch.minimum((mean + alpha).reshape(shape), self.max_val.double())
-        return lo, torch.maximum(hi, lo)
+        lo, hi = aciq_range(self.count, self.total, self.total_sq, self.prior, self.spec.bits)
+        return self._inside_observed(lo.reshape(self.min_val.shape), hi.reshape(self.max_val.shape))

@@ -24,6 +24,8 @@ from lowbit.spec import PerChannel, PerGroup, PerTensor, QParams, QuantSpec
 
 __all__ = ["Observer"]
 
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
 
 class Observer(nn.Module):
     """Base class. Subclasses implement :meth:`_observe` and :meth:`_range`.
@@ -48,8 +50,9 @@ class Observer(nn.Module):
             )
         self.spec = spec
         self.register_buffer("batches", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("min_val", torch.empty(0))
-        self.register_buffer("max_val", torch.empty(0))
+        # float64 whatever the data: a float16 first batch must not cap the range of later float32 batches
+        self.register_buffer("min_val", torch.empty(0, dtype=torch.float64))
+        self.register_buffer("max_val", torch.empty(0, dtype=torch.float64))
         self._param_shape: tuple[int, ...] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,6 +70,9 @@ class Observer(nn.Module):
         """
         x = x.detach()
         lo, hi = reduce_minmax(x, self.spec.granularity)  # validates the data: finite, float, non-empty
+        lo, hi = lo.to(torch.float64), hi.to(torch.float64)
+        if float(torch.maximum(lo.abs(), hi.abs()).max()) > _FLOAT32_MAX:
+            raise ValueError(f"{type(self).__name__} got values beyond the float32 range; scales are float32")
         shape = qparam_shape(x.shape, self.spec.granularity)
         if self._param_shape is None:
             self._param_shape = shape
@@ -103,11 +109,27 @@ class Observer(nn.Module):
         """The ``(lo, hi)`` to quantize, shaped like the qparams."""
         raise NotImplementedError
 
+    def _inside_observed(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip ranges never reach beyond what was observed (and never invert)."""
+        lo = torch.maximum(lo.to(torch.float64), self.min_val)
+        hi = torch.minimum(hi.to(torch.float64), self.max_val)
+        return lo, torch.maximum(hi, lo)
+
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` as ``[channels, n]``: one row per qparam set (per-tensor is a single row)."""
         if isinstance(self.spec.granularity, PerChannel):
             return x.movedim(self.spec.granularity.axis, 0).reshape(x.shape[self.spec.granularity.axis], -1)
         return x.reshape(1, -1)
+
+    def get_extra_state(self) -> dict[str, str]:
+        """The spec travels with the statistics, so they are never read under another grid."""
+        return {"spec": repr(self.spec)}
+
+    def set_extra_state(self, state: dict[str, str]) -> None:
+        if state.get("spec") != repr(self.spec):
+            raise ValueError(
+                f"{type(self).__name__} state was saved for spec {state.get('spec')}, not for {self.spec!r}"
+            )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
         # Buffers start empty and take their shape from the first batch; take it from the checkpoint instead.
@@ -117,6 +139,10 @@ class Observer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if int(self.batches):
             self._param_shape = tuple(self.min_val.shape)
+            self._check_loaded()
+
+    def _check_loaded(self) -> None:
+        """Subclasses check that loaded statistics fit their configuration."""
 
     def extra_repr(self) -> str:
         return f"spec={self.spec!r}, batches={int(self.batches)}"

@@ -1,7 +1,8 @@
 """Observers that keep a fixed-size signed histogram: percentile, entropy (KL) and MSE-optimal clipping.
 
 Memory is ``2 × bins`` int64 counts per channel however many batches arrive: the range grows by whole
-factors and neighbouring bins merge (:mod:`lowbit.functional.histogram`, docs/math.md eq. 10).
+factors and neighbouring bins merge (:mod:`lowbit.functional.histogram`, docs/math.md eq. 10). The clip rules
+are pure functions in :mod:`lowbit.functional.calibration`.
 
 Example:
     >>> import torch, lowbit
@@ -15,10 +16,12 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from lowbit.functional.calibration import entropy_threshold, histogram_mse, histogram_quantile
-from lowbit.functional.histogram import add_to_histogram, empty_histogram, regrid, split_signed
+from lowbit.functional.calibration import entropy_clip, mse_range, percentile_range
+from lowbit.functional.histogram import add_to_histogram, empty_histogram, grow, split_signed
 from lowbit.observers.base import Observer
 from lowbit.spec import PerChannel, PerTensor, QuantSpec
 
@@ -47,28 +50,26 @@ class _HistogramObserver(Observer):
         return split_signed(self.counts)[1]
 
     def _observe(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
-        reach = torch.maximum(lo.abs(), hi.abs()).to(torch.float64).reshape(-1)
+        reach = torch.maximum(lo.abs(), hi.abs()).reshape(-1)
         if self.width.numel() == 0:
             self.counts = empty_histogram(reach.numel(), self.bins)
             self.width = torch.zeros_like(reach)
-        width = torch.where(self.width > 0, self.width, reach)
-        factor = torch.ones_like(reach, dtype=torch.int64)
-        grow = reach > width
-        if bool(grow.any()):
-            factor = torch.where(grow, torch.ceil(reach / width.clamp(min=1e-300)).to(torch.int64), 1)
-            factor = torch.where(width * factor < reach, factor + 1, factor)  # guard a rounding-down product
-            self.counts = regrid(self.counts, factor)
-        self.width = width * factor
+        self.counts, self.width = grow(self.counts, self.width, reach)
         add_to_histogram(self._rows(x), self.width, self.counts)
 
-    def _per_channel(self, clip_range) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
-        """Apply ``clip_range(c) -> (lo, hi)`` per channel and keep the result inside the observed range."""
-        pairs = [clip_range(c) for c in range(self.width.numel())]
+    def _check_loaded(self) -> None:
+        if self.counts.shape[-1] != 2 * self.bins:
+            raise ValueError(
+                f"{type(self).__name__} has bins={self.bins} but the loaded histogram has "
+                f"{self.counts.shape[-1] // 2} bins per sign"
+            )
+
+    def _per_channel(self, clip: Callable[[int], tuple[float, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply ``clip(c) -> (lo, hi)`` per channel and keep the result inside the observed range."""
+        pairs = [clip(c) for c in range(self.width.numel())]
         lo = torch.tensor([p[0] for p in pairs], dtype=torch.float64).reshape(self.min_val.shape)
         hi = torch.tensor([p[1] for p in pairs], dtype=torch.float64).reshape(self.max_val.shape)
-        lo = torch.maximum(lo, self.min_val.to(torch.float64))
-        hi = torch.minimum(hi, self.max_val.to(torch.float64))
-        return lo, torch.maximum(hi, lo)
+        return self._inside_observed(lo, hi)
 
 
 class PercentileObserver(_HistogramObserver):
@@ -90,27 +91,17 @@ class PercentileObserver(_HistogramObserver):
         self.percentile = float(percentile)
 
     def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        q = self.percentile / 100.0
-
-        pos_all, neg_all = self.pos, self.neg
-
-        def clip(c: int) -> tuple[float, float]:
-            pos, neg, width = pos_all[c], neg_all[c], float(self.width[c])
-            if width == 0:
-                return 0.0, 0.0
-            if self.spec.symmetric:
-                t = histogram_quantile(pos + neg, torch.zeros_like(pos), width, q)
-                return -t, t
-            return histogram_quantile(pos, neg, width, 1.0 - q), histogram_quantile(pos, neg, width, q)
-
-        return self._per_channel(clip)
+        pos, neg = self.pos, self.neg
+        return self._per_channel(
+            lambda c: percentile_range(pos[c], neg[c], float(self.width[c]), self.percentile, self.spec.symmetric)
+        )
 
 
 class EntropyObserver(_HistogramObserver):
     """TensorRT's entropy calibration: the ``|x|`` clip that minimises ``KL(P‖Q)`` (docs/math.md, eq. 11).
 
-    ``levels`` is ``2^(bits−1)`` for a signed grid and ``2^bits`` for an unsigned one; candidates start at
-    ``start_bin`` (128, as TensorRT) and run to all ``bins``. Per tensor only.
+    ``2^(bits−1)`` quantized levels (128 for 8 bits) whatever the sign of the grid, as TensorRT's rule is
+    defined on the magnitude grid; candidates start at ``start_bin`` (128) and run to all ``bins``. Per tensor.
 
     Raises:
         ValueError: a per-channel/group spec, or more levels than bins.
@@ -128,7 +119,7 @@ class EntropyObserver(_HistogramObserver):
 
     def __init__(self, spec: QuantSpec, bins: int = 2048, start_bin: int = 128):
         super().__init__(spec, bins)
-        self.levels = 2 ** (spec.bits - 1) if spec.signed else 2**spec.bits
+        self.levels = 2 ** (spec.bits - 1)
         if self.levels > bins:
             raise ValueError(
                 f"EntropyObserver needs bins >= {self.levels} quantized levels for bits={spec.bits}, got bins={bins}"
@@ -139,10 +130,7 @@ class EntropyObserver(_HistogramObserver):
 
     def threshold(self) -> float:
         """The chosen clip of ``|x|`` (upper edge of the last kept bin)."""
-        width = float(self.width[0])
-        if width == 0:
-            return 0.0
-        return entropy_threshold((self.pos + self.neg)[0], self.levels, self.start_bin) * width / self.bins
+        return entropy_clip((self.pos + self.neg)[0], float(self.width[0]), self.levels, self.start_bin)
 
     def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.threshold()
@@ -153,8 +141,8 @@ class MSEObserver(_HistogramObserver):
     """Clip that minimises the quantization MSE of the observed histogram, by grid search.
 
     Candidates shrink the observed range by ``k / candidates`` for ``k = 1 … candidates`` (both ends for an
-    asymmetric spec, ``max|x|`` for a symmetric one); each is scored by
-    :func:`~lowbit.functional.calibration.histogram_mse` through the real quantizer.
+    asymmetric spec, ``max|x|`` for a symmetric one); each is scored through the real quantizer
+    (:func:`~lowbit.functional.calibration.mse_range`).
 
     Raises:
         ValueError: ``candidates`` < 1, or a per-group spec.
@@ -162,26 +150,14 @@ class MSEObserver(_HistogramObserver):
 
     def __init__(self, spec: QuantSpec, bins: int = 2048, candidates: int = 100):
         super().__init__(spec, bins)
-        if not isinstance(candidates, int) or candidates < 1:
+        if not isinstance(candidates, int) or isinstance(candidates, bool) or candidates < 1:
             raise ValueError(f"MSEObserver.candidates must be a positive int, got {candidates!r}")
         self.candidates = candidates
 
     def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        shrink = torch.arange(1, self.candidates + 1, dtype=torch.float64) / self.candidates
-        mins, maxs = self.min_val.reshape(-1).double(), self.max_val.reshape(-1).double()
-        pos_all, neg_all = self.pos, self.neg
-
-        def clip(c: int) -> tuple[float, float]:
-            lo, hi = float(mins[c]), float(maxs[c])
-            if lo == hi == 0.0:
-                return 0.0, 0.0
-            if self.spec.symmetric:
-                reach = max(abs(lo), abs(hi))
-                lo_k, hi_k = -reach * shrink, reach * shrink
-            else:
-                lo_k, hi_k = min(lo, 0.0) * shrink, max(hi, 0.0) * shrink
-            errors = histogram_mse(pos_all[c], neg_all[c], float(self.width[c]), lo_k, hi_k, self.spec)
-            best = int(torch.argmin(errors))
-            return float(lo_k[best]), float(hi_k[best])
-
-        return self._per_channel(clip)
+        pos, neg = self.pos, self.neg
+        mins, maxs = self.min_val.reshape(-1), self.max_val.reshape(-1)
+        return self._per_channel(
+            lambda c: mse_range(pos[c], neg[c], float(self.width[c]), float(mins[c]), float(maxs[c]), self.spec,
+                                self.candidates)
+        )

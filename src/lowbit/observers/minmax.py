@@ -5,7 +5,7 @@ Example:
     >>> obs = MovingAverageMinMaxObserver(lowbit.QuantSpec(symmetric=False), averaging=Averaging.MEAN)
     >>> obs.update(torch.tensor([-1.0, 1.0])); obs.update(torch.tensor([-3.0, 5.0]))
     >>> obs._range()
-    (tensor(-2.), tensor(3.))
+    (tensor(-2., dtype=torch.float64), tensor(3., dtype=torch.float64))
 """
 
 from __future__ import annotations
@@ -88,4 +88,4 @@ class MovingAverageMinMaxObserver(Observer):
         self.avg_max += weight * (hi - self.avg_max)
 
     def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.avg_min.to(torch.float32), self.avg_max.to(torch.float32)
+        return self.avg_min, self.avg_max
