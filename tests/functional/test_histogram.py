@@ -76,3 +76,15 @@ def test_row_moments_against_float64():
     xd = x.astype(np.float64)
     assert np.allclose(s.numpy(), xd.sum(1), rtol=1e-12)
     assert np.allclose(s2.numpy(), (xd**2).sum(1), rtol=1e-12)
+
+
+def test_non_finite_values_stay_inside_the_array():
+    # callers validate data; the kernel must still never index outside the counts (bounds checks are off)
+    counts = empty_histogram(1, 8)
+    bad = torch.tensor([[float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 0.5]])
+    add_to_histogram(bad, torch.tensor([1.0], dtype=torch.float64), counts)
+    assert int(counts.sum()) == 6
+    assert int(counts[0, 0]) == 2 and int(counts[0, -1]) == 3  # -inf, -1e30 | +inf, 1e30, NaN
+    tiny = empty_histogram(1, 8)
+    add_to_histogram(torch.tensor([[1e-37, -1e-37]]), torch.tensor([1e-37], dtype=torch.float64), tiny)
+    assert int(tiny.sum()) == 2

@@ -20,13 +20,12 @@ _LANES = 4
 
 @numba.njit(inline="always", fastmath=_FAST)
 def _bin(x, sc, offset, top):  # pragma: no cover - compiled
-    # floor(x·sc) + bins, clamped to [0, 2·bins − 1]; written as comparisons so NaN lands in bin 0
+    # floor(x·sc) + bins clamped to [0, 2·bins − 1]. Written as selects on comparisons, which are false for NaN,
+    # so NaN lands in the top bin (numba's min/max would pass NaN through to the index).
     v = np.floor(x * sc) + offset
-    if v >= top:
-        return np.int32(top)
-    if v >= np.float32(0.0):
-        return np.int32(v)
-    return np.int32(0)
+    v = v if v < top else top
+    v = v if v > np.float32(0.0) else np.float32(0.0)
+    return np.int32(v)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False, fastmath=_FAST)
