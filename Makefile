@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 # pytest exits 5 when it collected nothing: that is a failure, never a silent success.
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

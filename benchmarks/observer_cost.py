@@ -72,8 +72,8 @@ def main() -> None:
                 continue
             obs = make(spec)
             # baseline and candidate timed alternately in the same run, on the same tensor
-            base = _time(lambda: data.aminmax(), args.repeats)
-            cost = _time(lambda: obs.update(data), args.repeats)
+            base = _time(lambda d=data: d.aminmax(), args.repeats)
+            cost = _time(lambda o=obs, d=data: o.update(d), args.repeats)
             rows.append({"observer": name, "granularity": granularity, "update_ms": cost * 1e3,
                          "aminmax_ms": base * 1e3, "ratio": cost / base})
             print(f"{name:48s} {granularity:12s} {cost * 1e3:8.3f} ms  aminmax {base * 1e3:6.3f} ms  {cost / base:6.1f}x")
