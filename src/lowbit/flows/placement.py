@@ -1,0 +1,121 @@
+"""Where activation quantizers go in a traced graph: every tensor edge that integer hardware would hold as codes.
+
+Rule (static mode): a tensor is quantized once, right after its producer, when it is the output of a quantized
+layer or of a join (residual add, concat) — after a ReLU/ReLU6 that is its only user, fused as a clamp — or of a
+re-quantizing op (average pooling, GELU, …), or the input of a quantized layer or join that is not yet on
+an integer grid. Ops that keep values on the grid they received (max pooling, ReLU, flatten, reshape) pass the
+qparams through and get no quantizer of their own. Dynamic mode quantizes only the inputs of quantized layers.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+from torch.nn import functional as F
+
+from lowbit.nn.layers import QuantConv, QuantLinear
+
+__all__ = ["Placement", "place_quantizers"]
+
+QUANT_LAYERS = (QuantLinear, QuantConv)
+_FUSABLE_MODULES = (nn.ReLU, nn.ReLU6)
+_FUSABLE_FUNCTIONS = {F.relu, F.relu6, torch.relu}
+# keep the codes' grid: max/relu/reshape of codes are codes with the same scale and zero point
+_GRID_MODULES = (nn.ReLU, nn.ReLU6, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Identity, nn.Dropout)
+_GRID_FUNCTIONS = {F.relu, F.relu6, torch.relu, torch.flatten, torch.reshape, F.max_pool1d, F.max_pool2d,
+                   operator.getitem}
+_GRID_METHODS = {"view", "reshape", "flatten", "relu", "contiguous", "permute", "transpose", "squeeze", "unsqueeze",
+                 "size"}
+# supported ops whose output lands off the grid and is re-quantized
+_REQUANT_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.GELU, nn.Hardswish,
+                    nn.Sigmoid, nn.Tanh, nn.SiLU)
+_JOIN_FUNCTIONS = {operator.add, torch.add, torch.cat}
+_JOIN_METHODS = {"add"}
+
+
+@dataclass
+class Placement:
+    """Nodes after which a quantizer goes, and the leaf modules that stay float and are not supported."""
+
+    after: list[fx.Node] = field(default_factory=list)
+    float_modules: list[str] = field(default_factory=list)
+
+
+def _is_quant_layer(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    return node.op == "call_module" and isinstance(modules.get(node.target), QUANT_LAYERS)
+
+
+def _is_join(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in _JOIN_FUNCTIONS) or (
+        node.op == "call_method" and node.target in _JOIN_METHODS
+    )
+
+
+def _keeps_grid(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), _GRID_MODULES)
+    if node.op == "call_function":
+        return node.target in _GRID_FUNCTIONS
+    return node.op == "call_method" and node.target in _GRID_METHODS
+
+
+def _is_fusable_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), _FUSABLE_MODULES)
+    return node.op == "call_function" and node.target in _FUSABLE_FUNCTIONS
+
+
+def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda a: found.append(a) or a)
+    return list(dict.fromkeys(found))
+
+
+def place_quantizers(gm: fx.GraphModule, dynamic: bool) -> Placement:
+    """Decide quantizer positions for ``gm`` (whose layers were already swapped to quantized ones)."""
+    modules = dict(gm.named_modules())
+    placement = Placement()
+    on_grid: set[fx.Node] = set()
+    chosen: set[fx.Node] = set()
+
+    def quantize_after(node: fx.Node) -> None:
+        if node not in chosen:
+            chosen.add(node)
+            placement.after.append(node)
+        on_grid.add(node)
+
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "get_attr", "output"):
+            continue
+        consumes = _is_quant_layer(node, modules) or (not dynamic and _is_join(node))
+        if consumes:
+            for arg in _tensor_inputs(node):
+                if arg not in on_grid and arg.op != "get_attr":
+                    quantize_after(arg)
+        if dynamic:
+            continue
+        if _is_quant_layer(node, modules):
+            users = list(node.users)
+            if not (len(users) == 1 and _is_fusable_activation(users[0], modules)):
+                quantize_after(node)  # else the activation's output is quantized as a grid-keeping op below
+        elif _is_join(node):
+            users = list(node.users)
+            if not (len(users) == 1 and _is_fusable_activation(users[0], modules)):
+                quantize_after(node)
+        elif _keeps_grid(node, modules):
+            inputs = _tensor_inputs(node)
+            source = inputs[0] if inputs else None
+            fusing = source is not None and (_is_quant_layer(source, modules) or _is_join(source))
+            if fusing and source not in on_grid:
+                quantize_after(node)  # the fused ReLU of a layer or join: its output is the producer's output edge
+            elif source in on_grid:
+                on_grid.add(node)
+        elif node.op == "call_module" and isinstance(modules.get(node.target), _REQUANT_MODULES):
+            if any(i in on_grid for i in _tensor_inputs(node)):
+                quantize_after(node)
+        elif node.op == "call_module" and not isinstance(modules.get(node.target), QUANT_LAYERS):
+            placement.float_modules.append(f"{node.target} ({type(modules[node.target]).__name__})")
+    return placement

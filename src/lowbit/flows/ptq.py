@@ -1,0 +1,252 @@
+"""``lowbit.quantize``: post-training quantization of a trained model, as one verb.
+
+Steps: trace the model (``torch.fx``), fold BatchNorm, swap Linear/Conv1d/Conv2d for layers with integer
+weights per the recipe, place activation quantizers on the tensor edges (:mod:`lowbit.flows.placement`),
+calibrate them on the given batches, freeze. Models that cannot be traced (e.g. Hugging Face transformers) are
+quantized layer by layer instead: each Linear/Conv quantizes its own input. The user's model is never modified
+unless ``inplace=True``.
+
+Example:
+    >>> import torch, lowbit
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
+    >>> batches = [torch.randn(32, 8) for _ in range(4)]
+    >>> qmodel = lowbit.quantize(model, "w8a8", calibration=batches, progress=False)
+    >>> x = torch.randn(5, 8)
+    >>> lowbit.analysis.sqnr(model(x), qmodel(x)) > 30
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from lowbit.flows.placement import place_quantizers
+from lowbit.nn.activation import ActivationQuantizer
+from lowbit.nn.cast import CastModel
+from lowbit.nn.layers import QuantConv, QuantLinear, WeightObserver
+from lowbit.observers import (
+    ACIQObserver,
+    EntropyObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MSEObserver,
+    Observer,
+    PercentileObserver,
+)
+from lowbit.recipes import Mode, ObserverKind, Recipe, load_recipe
+from lowbit.functional.affine import qparam_shape
+from lowbit.spec import PerChannel, PerGroup, QuantSpec
+from lowbit.transforms.fold_bn import fold_bn
+
+__all__ = ["quantize", "QuantizationSummary", "make_observer", "calibrate"]
+
+_OBSERVERS = {
+    ObserverKind.MINMAX: MinMaxObserver,
+    ObserverKind.MOVING_AVERAGE: MovingAverageMinMaxObserver,
+    ObserverKind.PERCENTILE: PercentileObserver,
+    ObserverKind.ENTROPY: EntropyObserver,
+    ObserverKind.MSE: MSEObserver,
+    ObserverKind.ACIQ: ACIQObserver,
+}
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+@dataclass
+class QuantizationSummary:
+    """What :func:`quantize` did: the recipe, quantized layers with their bits, and what stayed float."""
+
+    recipe: str
+    mode: str
+    graph: bool
+    quantized: dict[str, int] = field(default_factory=dict)
+    activation_quantizers: int = 0
+    float_layers: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def make_observer(kind: ObserverKind, spec: QuantSpec, options: dict[str, Any] | None = None) -> Observer:
+    """An observer of ``kind`` for ``spec`` (options passed to its constructor)."""
+    return _OBSERVERS[kind](spec, **(options or {}))
+
+
+def _weight_observer(kind: ObserverKind) -> WeightObserver:
+    if kind not in (ObserverKind.MINMAX, ObserverKind.MSE):
+        raise ValueError(f"Recipe.weight_observer must be minmax or mse for weights, got {kind.value}")
+    return WeightObserver(kind.value)
+
+
+def _layer_names(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, _LAYERS)]
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+def _swap_layers(root: nn.Module, recipe: Recipe, summary: QuantizationSummary, wrap_input: bool) -> None:
+    names = _layer_names(root)
+    observer = _weight_observer(recipe.weight_observer)
+    for i, name in enumerate(names):
+        plan = recipe.plan(name, first=i == 0, last=i == len(names) - 1)
+        layer = root.get_submodule(name)
+        if plan.skip or plan.weight is None:
+            summary.float_layers.append(f"{name} ({type(layer).__name__}, skipped by recipe)")
+            continue
+        factory = QuantLinear if isinstance(layer, nn.Linear) else QuantConv
+        spec = _fit_groups(plan.weight, layer.weight.shape, name, summary)
+        try:
+            new: nn.Module = factory.from_float(layer, spec, observer)
+        except ValueError as err:
+            raise ValueError(f"layer {name!r}: {err}") from None
+        if wrap_input and recipe.mode in (Mode.STATIC, Mode.DYNAMIC):
+            new = nn.Sequential(_activation_quantizer(recipe, plan.activation, f"input of {name}"), new)
+        _set_module(root, name, new)
+        summary.quantized[name] = spec.bits
+
+
+def _fit_groups(spec: QuantSpec, shape: torch.Size, name: str, summary: QuantizationSummary) -> QuantSpec:
+    """Per-group specs fall back to per-channel on layers whose channels the group size does not divide."""
+    if not isinstance(spec.granularity, PerGroup):
+        return spec
+    try:
+        qparam_shape(shape, spec.granularity)
+        return spec
+    except ValueError:
+        summary.notes.append(f"{name}: group size {spec.granularity.size} does not divide its channels; per-channel")
+        return dataclasses.replace(spec, granularity=PerChannel(spec.granularity.axis))
+
+
+def _activation_quantizer(recipe: Recipe, spec: QuantSpec | None, label: str) -> ActivationQuantizer:
+    spec = spec or recipe.activation
+    assert spec is not None
+    dynamic = recipe.mode is Mode.DYNAMIC
+    observer = None if dynamic else make_observer(recipe.activation_observer, spec, recipe.observer_options)
+    return ActivationQuantizer(spec, observer, dynamic=dynamic, label=label)
+
+
+def _insert_quantizers(gm: fx.GraphModule, recipe: Recipe, summary: QuantizationSummary) -> None:
+    placement = place_quantizers(gm, dynamic=recipe.mode is Mode.DYNAMIC)
+    for i, node in enumerate(placement.after):
+        name = f"act_quant_{i}"
+        gm.add_submodule(name, _activation_quantizer(recipe, recipe.activation, f"output of {node.name}"))
+        with gm.graph.inserting_after(node):
+            q = gm.graph.call_module(name, (node,))
+        node.replace_all_uses_with(q, delete_user_cb=lambda user, q=q: user is not q)
+    summary.activation_quantizers = len(placement.after)
+    summary.float_layers += placement.float_modules
+    gm.graph.lint()
+    gm.recompile()
+
+
+def _call(model: nn.Module, batch: Any) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return model(batch)
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    raise ValueError(f"a calibration batch must be a tensor, a tuple of inputs or a dict, got {type(batch).__name__}")
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool = True) -> int:
+    """Run ``batches`` through ``model`` with every static :class:`ActivationQuantizer` observing, then freeze.
+
+    Returns:
+        The number of batches seen.
+
+    Raises:
+        ValueError: no batches, a batch of the wrong kind, or bad activations (NaN/Inf) — naming the batch and edge.
+    """
+    quantizers = [m for m in model.modules() if isinstance(m, ActivationQuantizer) and not m.dynamic]
+    for q in quantizers:
+        q.calibrating = True
+    seen = 0
+    try:
+        for seen, batch in enumerate(_progress(batches, progress), start=1):
+            try:
+                _call(model, batch)
+            except ValueError as err:
+                raise ValueError(f"calibration batch {seen}: {err}") from err
+    finally:
+        for q in quantizers:
+            q.calibrating = False
+    if seen == 0:
+        raise ValueError("calibration got no batches: pass a non-empty iterable of inputs")
+    for q in quantizers:
+        q.freeze()
+    return seen
+
+
+def _progress(batches: Iterable[Any], enabled: bool) -> Iterable[Any]:
+    if not enabled:
+        yield from batches
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("calibrating", total=total)
+        for batch in batches:
+            yield batch
+            bar.advance(task)
+
+
+def quantize(model: nn.Module, recipe: str | Recipe = "w8a8", calibration: Iterable[Any] | None = None, *,
+             inplace: bool = False, progress: bool = True) -> nn.Module:
+    """Quantize a trained ``model`` after training; returns a module with the same call signature.
+
+    Args:
+        model: an ``nn.Module`` in eval mode (it is put in eval mode).
+        recipe: a preset name (``"w8a8"``, ``"w4-g128"``, …), a ``.yaml``/``.json`` file or a :class:`Recipe`.
+        calibration: batches for static activation ranges — tensors, tuples of inputs, or dicts of keyword
+            inputs (e.g. a tokenizer's output). Required for static recipes.
+        inplace: reuse ``model``'s memory instead of copying it first (the model is then changed).
+        progress: show a progress bar on stderr while calibrating.
+
+    Returns:
+        The quantized model; ``model.quantization_summary`` (:class:`QuantizationSummary`) says what was done.
+
+    Raises:
+        ValueError: unknown recipe, a static recipe without calibration data, or bad calibration data.
+    """
+    recipe = load_recipe(recipe)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"quantize needs an nn.Module, got {type(model).__name__}")
+    if recipe.mode is Mode.STATIC and calibration is None:
+        raise ValueError(f"recipe {recipe.name!r} is static: pass calibration=batches (a few hundred samples)")
+    work = model if inplace else copy.deepcopy(model)
+    work.eval()
+    if recipe.mode in (Mode.FP16, Mode.BF16):
+        return CastModel(work, torch.float16 if recipe.mode is Mode.FP16 else torch.bfloat16)
+    try:
+        result: nn.Module = fold_bn(work)
+        graph = True
+    except Exception as err:  # torch.fx raises many kinds of errors on untraceable code
+        warnings.warn(
+            f"lowbit.quantize: the model could not be traced ({type(err).__name__}: {str(err)[:120]}); quantizing "
+            "layer by layer — residual adds and concats are not quantized and BatchNorm is not folded",
+            stacklevel=2,
+        )
+        result, graph = work, False
+    summary = QuantizationSummary(recipe.name, recipe.mode.value, graph)
+    _swap_layers(result, recipe, summary, wrap_input=not graph)
+    if graph and recipe.mode in (Mode.STATIC, Mode.DYNAMIC):
+        _insert_quantizers(result, recipe, summary)  # type: ignore[arg-type]
+    if summary.float_layers:
+        warnings.warn("lowbit.quantize: kept in float: " + ", ".join(summary.float_layers), stacklevel=2)
+    if recipe.mode is Mode.STATIC:
+        assert calibration is not None
+        calibrate(result, calibration, progress)
+    result.quantization_summary = summary  # type: ignore[assignment]
+    return result

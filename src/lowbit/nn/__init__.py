@@ -1,0 +1,14 @@
+"""Quantized modules: activation quantizers on tensor edges and layers with integer weights.
+
+Example:
+    >>> import torch
+    >>> from lowbit import QuantSpec, PerChannel
+    >>> layer = QuantLinear.from_float(torch.nn.Linear(4, 2), QuantSpec(bits=8, granularity=PerChannel(0)))
+    >>> layer.weight_q.dtype, layer(torch.zeros(3, 4)).shape
+    (torch.int8, torch.Size([3, 2]))
+"""
+
+from lowbit.nn.activation import ActivationQuantizer
+from lowbit.nn.layers import QuantConv, QuantLinear, WeightObserver, quantize_weight
+
+__all__ = ["ActivationQuantizer", "QuantLinear", "QuantConv", "WeightObserver", "quantize_weight"]

@@ -1,0 +1,146 @@
+"""Layers with integer weights: ``QuantLinear`` and ``QuantConv`` (1-D/2-D, grouped and depthwise).
+
+A layer is built from a float layer by :meth:`from_float`: the weight is quantized once (codes in the spec's
+integer dtype, plus qparams) and the float weight is dropped. ``forward`` runs in simulation — the codes are
+dequantized and the float op runs — so results equal what integer hardware computes up to float summation order.
+
+Example:
+    >>> import torch
+    >>> from lowbit import QuantSpec, PerChannel
+    >>> conv = torch.nn.Conv2d(3, 8, 3, groups=1)
+    >>> q = QuantConv.from_float(conv, QuantSpec(bits=4, granularity=PerChannel(0)))
+    >>> int(q.weight_q.min()) >= -8 and int(q.weight_q.max()) <= 7
+    True
+"""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lowbit.functional.affine import choose_qparams, dequantize, qparam_shape, quantize, reduce_minmax
+from lowbit.functional.calibration import mse_range_rows
+from lowbit.spec import PerChannel, PerGroup, PerTensor, QParams, QuantSpec
+
+__all__ = ["WeightObserver", "quantize_weight", "QuantLinear", "QuantConv"]
+
+
+class WeightObserver(enum.Enum):
+    """How a weight's range is chosen: its min/max, or the clip minimising the exact quantization MSE."""
+
+    MINMAX = "minmax"
+    MSE = "mse"
+
+
+def quantize_weight(weight: torch.Tensor, spec: QuantSpec, observer: WeightObserver = WeightObserver.MINMAX,
+                    ) -> tuple[torch.Tensor, QParams]:
+    """Integer codes and qparams of ``weight`` under ``spec``.
+
+    ``MSE`` searches the clip per qparam set (per tensor, channel or group) on the exact values.
+
+    Example:
+        >>> q, qp = quantize_weight(torch.tensor([[0.5, -1.0]]), QuantSpec(bits=8))
+        >>> q.tolist(), round(float(qp.scale), 6)
+        ([[64, -127]], 0.007874)
+    """
+    w = weight.detach().to(torch.float32)
+    if observer is WeightObserver.MSE:
+        rows = _rows(w, spec)
+        lo, hi = mse_range_rows(rows, spec)
+        shape = qparam_shape(w.shape, spec.granularity)
+        qp = choose_qparams(lo.reshape(shape), hi.reshape(shape), spec)
+    else:
+        qp = choose_qparams(*reduce_minmax(w, spec.granularity), spec)
+    return quantize(w, qp), qp
+
+
+def _rows(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """One row per qparam set, in the qparams' order."""
+    g = spec.granularity
+    if isinstance(g, PerTensor):
+        return w.reshape(1, -1)
+    moved = w.movedim(g.axis, 0)
+    if isinstance(g, PerChannel):
+        return moved.reshape(moved.shape[0], -1)
+    assert isinstance(g, PerGroup)
+    return moved.reshape(-1, g.size)
+
+
+class _QuantWeightMixin(nn.Module):
+    weight_q: torch.Tensor
+    weight_scale: torch.Tensor
+    weight_zero_point: torch.Tensor
+
+    def _set_weight(self, weight: torch.Tensor, spec: QuantSpec, observer: WeightObserver) -> None:
+        q, qp = quantize_weight(weight, spec, observer)
+        self.weight_spec = spec
+        self.register_buffer("weight_q", q)
+        self.register_buffer("weight_scale", qp.scale)
+        self.register_buffer("weight_zero_point", qp.zero_point)
+
+    def weight_qparams(self) -> QParams:
+        return QParams(self.weight_scale, self.weight_zero_point, self.weight_spec)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float weight the integer codes stand for."""
+        return dequantize(self.weight_q, self.weight_qparams())
+
+
+class QuantLinear(_QuantWeightMixin):
+    """``y = x · dequantize(W_q)ᵀ + b`` with integer weight codes."""
+
+    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_float(cls, layer: nn.Linear, spec: QuantSpec,
+                   observer: WeightObserver = WeightObserver.MINMAX) -> QuantLinear:
+        """Quantize ``layer``'s weight; ``layer`` itself is not modified."""
+        q = cls(layer.in_features, layer.out_features, layer.bias)
+        q._set_weight(layer.weight, spec, observer)
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantized_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, weight_bits={self.weight_spec.bits}"
+
+
+class QuantConv(_QuantWeightMixin):
+    """A 1-D or 2-D convolution (any stride, padding, dilation, groups) with integer weight codes."""
+
+    def __init__(self, layer: nn.Conv1d | nn.Conv2d):
+        super().__init__()
+        if layer.padding_mode != "zeros":
+            raise ValueError(f"QuantConv supports padding_mode='zeros', got {layer.padding_mode!r}")
+        self.dims = 1 if isinstance(layer, nn.Conv1d) else 2
+        self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
+        self.kernel_size, self.stride, self.padding = layer.kernel_size, layer.stride, layer.padding
+        self.dilation, self.groups = layer.dilation, layer.groups
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_float(cls, layer: nn.Conv1d | nn.Conv2d, spec: QuantSpec,
+                   observer: WeightObserver = WeightObserver.MINMAX) -> QuantConv:
+        """Quantize ``layer``'s weight; ``layer`` itself is not modified."""
+        if not isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+            raise ValueError(f"QuantConv.from_float needs an nn.Conv1d or nn.Conv2d, got {type(layer).__name__}")
+        q = cls(layer)
+        q._set_weight(layer.weight, spec, observer)
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = F.conv1d if self.dims == 1 else F.conv2d
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return conv(x, self.dequantized_weight().to(x.dtype), bias, self.stride, self.padding, self.dilation,
+                    self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"groups={self.groups}, weight_bits={self.weight_spec.bits}")
