@@ -15,6 +15,7 @@ Example:
 from lowbit import analysis, functional, observers
 from lowbit.flows import quantize
 from lowbit.recipes import Mode, ObserverKind, Override, Recipe, load_recipe, preset
+from lowbit.serialize import load_quantized, save_quantized
 from lowbit import functional as F
 from lowbit.spec import (
     Granularity,
@@ -49,4 +50,6 @@ __all__ = [
     "ObserverKind",
     "load_recipe",
     "preset",
+    "save_quantized",
+    "load_quantized",
 ]

@@ -6,6 +6,6 @@ Example:
     True
 """
 
-from lowbit.flows.ptq import QuantizationSummary, calibrate, make_observer, quantize
+from lowbit.flows.ptq import QuantizationSummary, calibrate, make_observer, prepare, quantize
 
-__all__ = ["quantize", "calibrate", "make_observer", "QuantizationSummary"]
+__all__ = ["quantize", "prepare", "calibrate", "make_observer", "QuantizationSummary"]

@@ -46,7 +46,7 @@ from lowbit.functional.affine import qparam_shape
 from lowbit.spec import PerChannel, PerGroup, QuantSpec
 from lowbit.transforms.fold_bn import fold_bn
 
-__all__ = ["quantize", "QuantizationSummary", "make_observer", "calibrate"]
+__all__ = ["quantize", "prepare", "QuantizationSummary", "make_observer", "calibrate"]
 
 _OBSERVERS = {
     ObserverKind.MINMAX: MinMaxObserver,
@@ -202,6 +202,44 @@ def _progress(batches: Iterable[Any], enabled: bool) -> Iterable[Any]:
             bar.advance(task)
 
 
+def prepare(model: nn.Module, recipe: str | Recipe = "w8a8", *, inplace: bool = False) -> nn.Module:
+    """Everything :func:`quantize` does except calibration: integer weights in place, activation quantizers
+    placed but not yet frozen (static recipes then need :func:`calibrate`).
+
+    Raises:
+        ValueError: unknown recipe, or a layer the recipe's weight spec cannot quantize.
+    """
+    recipe = load_recipe(recipe)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"quantize needs an nn.Module, got {type(model).__name__}")
+    work = model if inplace else copy.deepcopy(model)
+    work.eval()
+    if recipe.mode in (Mode.FP16, Mode.BF16):
+        result: nn.Module = CastModel(work, torch.float16 if recipe.mode is Mode.FP16 else torch.bfloat16)
+        result.quantization_summary = QuantizationSummary(recipe.name, recipe.mode.value, False)  # type: ignore[assignment]
+        result.lowbit_recipe = recipe  # type: ignore[assignment]
+        return result
+    try:
+        result = fold_bn(work)
+        graph = True
+    except Exception as err:  # torch.fx raises many kinds of errors on untraceable code
+        warnings.warn(
+            f"lowbit.quantize: the model could not be traced ({type(err).__name__}: {str(err)[:120]}); quantizing "
+            "layer by layer — residual adds and concats are not quantized and BatchNorm is not folded",
+            stacklevel=3,
+        )
+        result, graph = work, False
+    summary = QuantizationSummary(recipe.name, recipe.mode.value, graph)
+    _swap_layers(result, recipe, summary, wrap_input=not graph)
+    if graph and recipe.mode in (Mode.STATIC, Mode.DYNAMIC):
+        _insert_quantizers(result, recipe, summary)  # type: ignore[arg-type]
+    if summary.float_layers:
+        warnings.warn("lowbit.quantize: kept in float: " + ", ".join(summary.float_layers), stacklevel=3)
+    result.quantization_summary = summary  # type: ignore[assignment]
+    result.lowbit_recipe = recipe  # type: ignore[assignment]
+    return result
+
+
 def quantize(model: nn.Module, recipe: str | Recipe = "w8a8", calibration: Iterable[Any] | None = None, *,
              inplace: bool = False, progress: bool = True) -> nn.Module:
     """Quantize a trained ``model`` after training; returns a module with the same call signature.
@@ -221,32 +259,10 @@ def quantize(model: nn.Module, recipe: str | Recipe = "w8a8", calibration: Itera
         ValueError: unknown recipe, a static recipe without calibration data, or bad calibration data.
     """
     recipe = load_recipe(recipe)
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"quantize needs an nn.Module, got {type(model).__name__}")
     if recipe.mode is Mode.STATIC and calibration is None:
         raise ValueError(f"recipe {recipe.name!r} is static: pass calibration=batches (a few hundred samples)")
-    work = model if inplace else copy.deepcopy(model)
-    work.eval()
-    if recipe.mode in (Mode.FP16, Mode.BF16):
-        return CastModel(work, torch.float16 if recipe.mode is Mode.FP16 else torch.bfloat16)
-    try:
-        result: nn.Module = fold_bn(work)
-        graph = True
-    except Exception as err:  # torch.fx raises many kinds of errors on untraceable code
-        warnings.warn(
-            f"lowbit.quantize: the model could not be traced ({type(err).__name__}: {str(err)[:120]}); quantizing "
-            "layer by layer — residual adds and concats are not quantized and BatchNorm is not folded",
-            stacklevel=2,
-        )
-        result, graph = work, False
-    summary = QuantizationSummary(recipe.name, recipe.mode.value, graph)
-    _swap_layers(result, recipe, summary, wrap_input=not graph)
-    if graph and recipe.mode in (Mode.STATIC, Mode.DYNAMIC):
-        _insert_quantizers(result, recipe, summary)  # type: ignore[arg-type]
-    if summary.float_layers:
-        warnings.warn("lowbit.quantize: kept in float: " + ", ".join(summary.float_layers), stacklevel=2)
+    result = prepare(model, recipe, inplace=inplace)
     if recipe.mode is Mode.STATIC:
         assert calibration is not None
         calibrate(result, calibration, progress)
-    result.quantization_summary = summary  # type: ignore[assignment]
     return result

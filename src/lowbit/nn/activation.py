@@ -84,6 +84,13 @@ class ActivationQuantizer(nn.Module):
             return x
         return fake_quantize(x, self.qparams())
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # qparams start empty and take their shape at freeze(); a checkpoint brings them already frozen
+        for name in ("scale", "zero_point"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
         mode = "dynamic" if self.dynamic else ("calibrating" if self.calibrating else "static")
         return f"bits={self.spec.bits}, {mode}"

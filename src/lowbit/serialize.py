@@ -1,0 +1,147 @@
+"""Save and load quantized models without pickle: ``model.safetensors`` + ``lowbit.json`` in a folder.
+
+The safetensors file holds the integer weight codes — bit-packed below 8 bits
+(:mod:`lowbit.functional.packing`) — with their qparams, the float biases and the frozen activation qparams;
+calibration statistics are not saved. ``lowbit.json`` records the format, the recipe and where the
+architecture comes from (``zoo:NAME`` or ``path/to/file.py:factory``), so :func:`load_quantized` rebuilds the
+same structure and fills it. The bytes on disk are what :func:`folder_bytes` reports.
+
+Example:
+    >>> import tempfile, torch, lowbit
+    >>> from lowbit.zoo import build
+    >>> q = lowbit.quantize(build("mlp").eval(), "w4-g128", progress=False)
+    >>> folder = save_quantized(q, tempfile.mkdtemp(), source="zoo:mlp")
+    >>> folder_bytes(folder) < 266_610 * 4 / 6          # fp32 would be ~1.07 MB; 4-bit codes + scales
+    True
+    >>> again = load_quantized(folder)
+    >>> x = torch.randn(2, 1, 28, 28)
+    >>> torch.equal(q(x), again(x))
+    True
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lowbit.flows.ptq import prepare
+from lowbit.functional.packing import pack, unpack
+from lowbit.nn.layers import QuantConv, QuantLinear
+from lowbit.recipes import Recipe
+
+__all__ = ["save_quantized", "load_quantized", "folder_bytes", "build_from_source", "FORMAT"]
+
+FORMAT = "lowbit-quantized/1"
+_WEIGHTS, _META = "model.safetensors", "lowbit.json"
+
+
+def build_from_source(source: str) -> nn.Module:
+    """An (untrained) architecture from ``zoo:NAME`` or ``path/to/file.py:factory``.
+
+    Raises:
+        ValueError: a source of another form, a missing file, or a factory that is not there.
+    """
+    if source.startswith("zoo:"):
+        from lowbit.zoo.models import build
+
+        return build(source[4:])
+    path, sep, factory = source.rpartition(":")
+    if not sep or not path.endswith(".py"):
+        raise ValueError(f"model source must be 'zoo:NAME' or 'path/to/file.py:factory', got {source!r}")
+    if not Path(path).is_file():
+        raise ValueError(f"model source file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, factory, None)):
+        raise ValueError(f"{path} has no callable {factory!r}")
+    model = getattr(module, factory)()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{source} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _saved_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, object]]]:
+    """Tensors to write (observer statistics left out, sub-byte codes packed) and the packing records."""
+    state = {k: v for k, v in model.state_dict().items() if ".observer." not in k and not k.startswith("observer.")}
+    packed: dict[str, dict[str, object]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (QuantLinear, QuantConv)) and module.weight_spec.bits < 8:
+            key = f"{name}.weight_q" if name else "weight_q"
+            spec = module.weight_spec
+            state[key + ".packed"] = pack(state.pop(key), spec.bits, spec.signed)
+            packed[key] = {"bits": spec.bits, "signed": spec.signed, "shape": list(module.weight_q.shape)}
+    return {k: v.contiguous() for k, v in state.items()}, packed
+
+
+def save_quantized(model: nn.Module, folder: str | Path, source: str) -> Path:
+    """Write ``model`` (from :func:`lowbit.quantize`) into ``folder``; returns the folder.
+
+    Args:
+        model: a quantized model (it carries its recipe).
+        folder: created if missing; existing files of the same names are replaced.
+        source: where the architecture comes from: ``zoo:NAME`` or ``path/to/file.py:factory``.
+
+    Raises:
+        ValueError: a model that did not come from :func:`lowbit.quantize`, or unfrozen activation quantizers.
+    """
+    recipe = getattr(model, "lowbit_recipe", None)
+    if not isinstance(recipe, Recipe):
+        raise ValueError("save_quantized needs a model returned by lowbit.quantize (it records the recipe)")
+    from lowbit.nn.activation import ActivationQuantizer
+
+    unfrozen = [n for n, m in model.named_modules() if isinstance(m, ActivationQuantizer) and not m.dynamic
+                and not m.frozen]
+    if unfrozen:
+        raise ValueError(f"activation quantizers not calibrated: {', '.join(unfrozen[:5])}")
+    build_from_source(source)  # fail now, not at load time, on a source that cannot be rebuilt
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state, packed = _saved_state(model)
+    save_file(state, str(folder / _WEIGHTS))
+    meta = {"format": FORMAT, "source": source, "recipe": recipe.to_dict(), "packed": packed}
+    (folder / _META).write_text(json.dumps(meta, indent=1) + "\n")
+    return folder
+
+
+def load_quantized(folder: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """The quantized model saved in ``folder``, ready to run.
+
+    Args:
+        folder: written by :func:`save_quantized`.
+        model: the float architecture to fill (its weights do not matter); default: rebuilt from the source.
+
+    Raises:
+        ValueError: not a lowbit folder, another format version, or tensors that do not match the structure
+            (keys named).
+    """
+    folder = Path(folder)
+    if not (folder / _META).is_file() or not (folder / _WEIGHTS).is_file():
+        raise ValueError(f"{folder} is not a lowbit quantized model (needs {_META} and {_WEIGHTS})")
+    meta = json.loads((folder / _META).read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{folder / _META}: format {meta.get('format')!r}, this lowbit reads {FORMAT!r}")
+    recipe = Recipe.from_dict(meta["recipe"], where=str(folder / _META))
+    structure = prepare(model if model is not None else build_from_source(meta["source"]), recipe)
+    state = load_file(str(folder / _WEIGHTS))
+    for key, info in meta.get("packed", {}).items():
+        state[key] = unpack(state.pop(key + ".packed"), int(info["bits"]), bool(info["signed"]), tuple(info["shape"]))
+    expected = {k for k in structure.state_dict() if ".observer." not in k and not k.startswith("observer.")}
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(f"{folder / _WEIGHTS} does not match the model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    structure.load_state_dict(state, strict=False)
+    return structure
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Bytes of the files :func:`save_quantized` wrote (what the model costs on disk)."""
+    folder = Path(folder)
+    return sum((folder / name).stat().st_size for name in (_WEIGHTS, _META))
