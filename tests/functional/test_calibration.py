@@ -23,12 +23,15 @@ def test_aciq_gaussian_matches_paper(bits, alpha):
     assert aciq_alpha(Prior.GAUSSIAN, bits) == pytest.approx(alpha, abs=0.011)
 
 
-def trt_oracle(hist: np.ndarray, levels: int = 128, start: int = 128) -> int:
+def trt_oracle(hist: np.ndarray, levels: int = 128, start: int = 128, zero_bin: bool = False) -> int:
     """TensorRT entropy calibration written from its description, in float64 with scipy's KL.
 
     Levels are filled by ceil boundaries: level k covers bins [ceil(k·i/levels), ceil((k+1)·i/levels)).
+    Unless ``zero_bin``, the zero bin takes the next bin's count (NVIDIA's reference calibrator).
     """
-    hist = hist.astype(np.float64)
+    hist = hist.astype(np.float64).copy()
+    if not zero_bin:
+        hist[0] = hist[1]
     best_i, best = len(hist), np.inf
     for i in range(start, len(hist) + 1):
         p = hist[:i].copy()
@@ -51,9 +54,20 @@ def test_entropy_threshold_equals_independent_oracle(seed):
     rng = np.random.default_rng(seed)
     data = np.concatenate([rng.standard_normal(200_000), rng.laplace(scale=3.0, size=2_000)])
     hist, _ = np.histogram(np.abs(data), bins=1024, range=(0, np.abs(data).max()))
-    ours = entropy_threshold(torch.from_numpy(hist), levels=128, start=128)
-    assert ours == trt_oracle(hist, 128, 128)
-    assert 128 <= ours < 1024  # a heavy tail is clipped
+    for zero_bin in (False, True):
+        ours = entropy_threshold(torch.from_numpy(hist), levels=128, start=128, zero_bin=zero_bin)
+        assert ours == trt_oracle(hist, 128, 128, zero_bin)
+        assert 128 <= ours < 1024  # a heavy tail is clipped
+
+
+def test_the_zero_spike_of_a_relu_does_not_drag_the_threshold_down():
+    rng = np.random.default_rng(4)
+    relu = np.maximum(rng.standard_normal(400_000), 0)  # half the values are exactly 0
+    hist, edges = np.histogram(relu, bins=2048, range=(0, relu.max()))
+    plain = entropy_threshold(torch.from_numpy(hist), zero_bin=True) * edges[1]
+    suppressed = entropy_threshold(torch.from_numpy(hist)) * edges[1]
+    assert suppressed > 2.5  # a sensible clip of a half-normal keeps beyond 2.5σ
+    assert suppressed > plain
 
 
 def test_entropy_threshold_low_bits_and_errors():

@@ -6,7 +6,19 @@ Example:
     1.0
 """
 
+from lowbit.analysis.evaluation import accuracy, fp32_bytes, latency_ms
 from lowbit.analysis.metrics import cosine, max_abs_error, mse, sqnr
 from lowbit.analysis.weight_error import WeightSQNR, granularity_label, weight_sqnr_table
 
-__all__ = ["sqnr", "mse", "cosine", "max_abs_error", "WeightSQNR", "weight_sqnr_table", "granularity_label"]
+__all__ = [
+    "sqnr",
+    "mse",
+    "cosine",
+    "max_abs_error",
+    "WeightSQNR",
+    "weight_sqnr_table",
+    "granularity_label",
+    "accuracy",
+    "latency_ms",
+    "fp32_bytes",
+]

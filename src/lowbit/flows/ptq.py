@@ -108,7 +108,8 @@ def _swap_layers(root: nn.Module, recipe: Recipe, summary: QuantizationSummary, 
         except ValueError as err:
             raise ValueError(f"layer {name!r}: {err}") from None
         if wrap_input and recipe.mode in (Mode.STATIC, Mode.DYNAMIC):
-            new = nn.Sequential(_activation_quantizer(recipe, plan.activation, f"input of {name}"), new)
+            quantizer = _activation_quantizer(recipe, plan.activation, f"input of {name}", model_input=i == 0)
+            new = nn.Sequential(quantizer, new)
         _set_module(root, name, new)
         summary.quantized[name] = spec.bits
 
@@ -125,11 +126,14 @@ def _fit_groups(spec: QuantSpec, shape: torch.Size, name: str, summary: Quantiza
         return dataclasses.replace(spec, granularity=PerChannel(spec.granularity.axis))
 
 
-def _activation_quantizer(recipe: Recipe, spec: QuantSpec | None, label: str) -> ActivationQuantizer:
+def _activation_quantizer(recipe: Recipe, spec: QuantSpec | None, label: str, model_input: bool = False,
+                          ) -> ActivationQuantizer:
     spec = spec or recipe.activation
     assert spec is not None
     dynamic = recipe.mode is Mode.DYNAMIC
-    observer = None if dynamic else make_observer(recipe.activation_observer, spec, recipe.observer_options)
+    kind = recipe.input_observer if model_input else recipe.activation_observer
+    options = recipe.observer_options if kind is recipe.activation_observer else {}
+    observer = None if dynamic else make_observer(kind, spec, options)
     return ActivationQuantizer(spec, observer, dynamic=dynamic, label=label)
 
 
@@ -137,7 +141,9 @@ def _insert_quantizers(gm: fx.GraphModule, recipe: Recipe, summary: Quantization
     placement = place_quantizers(gm, dynamic=recipe.mode is Mode.DYNAMIC)
     for i, node in enumerate(placement.after):
         name = f"act_quant_{i}"
-        gm.add_submodule(name, _activation_quantizer(recipe, recipe.activation, f"output of {node.name}"))
+        quantizer = _activation_quantizer(recipe, recipe.activation, f"output of {node.name}",
+                                          model_input=node.op == "placeholder")
+        gm.add_submodule(name, quantizer)
         with gm.graph.inserting_after(node):
             q = gm.graph.call_module(name, (node,))
         node.replace_all_uses_with(q, delete_user_cb=lambda user, q=q: user is not q)

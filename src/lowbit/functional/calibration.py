@@ -46,7 +46,7 @@ class Prior(enum.Enum):
     GAUSSIAN = "gaussian"
 
 
-def entropy_threshold(counts: torch.Tensor, levels: int = 128, start: int = 128) -> int:
+def entropy_threshold(counts: torch.Tensor, levels: int = 128, start: int = 128, zero_bin: bool = False) -> int:
     """The bin count ``i`` whose clip minimises ``KL(P‖Q)`` (TensorRT entropy calibration, eq. 11).
 
     For each candidate ``i`` in ``start … len(counts)``: ``P = counts[:i]`` with every count beyond folded into
@@ -55,10 +55,15 @@ def entropy_threshold(counts: torch.Tensor, levels: int = 128, start: int = 128)
     a candidate where ``Q`` is zero under non-zero ``P`` has infinite divergence. Ties keep the smallest ``i``.
     The clip is the upper edge of bin ``i−1``: ``i · bin_width``.
 
+    Unless ``zero_bin`` is True, the first bin's count is first replaced by the second's, as NVIDIA's reference
+    calibrator for TensorRT does: the spike of exact zeros after a ReLU (often half of all values) would
+    otherwise dominate both distributions and drive the threshold far too low.
+
     Args:
         counts: 1-D histogram of ``|x|`` (float or int).
         levels: quantized bins, ``2^(bits−1)`` for a signed grid.
         start: the first candidate (128 in TensorRT); raised to ``levels`` if smaller.
+        zero_bin: keep the first bin's own count (the plain algorithm of the 2017 slides).
 
     Returns:
         The chosen ``i`` (number of bins kept).
@@ -70,12 +75,16 @@ def entropy_threshold(counts: torch.Tensor, levels: int = 128, start: int = 128)
         >>> entropy_threshold(torch.ones(256), levels=128, start=128)   # uniform data: keep everything
         256
     """
-    hist = counts.to(torch.float64).reshape(-1)
+    hist = counts.to(torch.float64).reshape(-1).clone()
     n = hist.numel()
     if n < levels or levels < 1:
         raise ValueError(f"entropy_threshold needs at least levels={levels} bins, got {n}")
     if hist.sum() <= 0:
         raise ValueError("entropy_threshold got an empty histogram")
+    if not zero_bin and n > 1:
+        hist[0] = hist[1]
+    if hist.sum() <= 0:
+        return n
     start = max(start, levels)
     if start > n:
         return n

@@ -100,8 +100,10 @@ class PercentileObserver(_HistogramObserver):
 class EntropyObserver(_HistogramObserver):
     """TensorRT's entropy calibration: the ``|x|`` clip that minimises ``KL(P‖Q)`` (docs/math.md, eq. 11).
 
-    ``2^(bits−1)`` quantized levels (128 for 8 bits) whatever the sign of the grid, as TensorRT's rule is
-    defined on the magnitude grid; candidates start at ``start_bin`` (128) and run to all ``bins``. Per tensor.
+    ``2^(bits−1)`` quantized levels for a signed grid (128 for 8 bits: the magnitudes one sign of the grid holds)
+    and ``2^bits`` for an unsigned one, whose codes all cover the magnitudes — as NVIDIA's reference calibrator
+    for TensorRT counts them (with 128 levels, LeNet-5's first ReLU output was clipped at a fifth of its range and
+    W8A8 lost 2.65 accuracy points instead of 0.17). Candidates start at ``start_bin`` (128) and run to all ``bins``. Per tensor.
 
     Raises:
         ValueError: a per-channel/group spec, or more levels than bins.
@@ -119,7 +121,7 @@ class EntropyObserver(_HistogramObserver):
 
     def __init__(self, spec: QuantSpec, bins: int = 2048, start_bin: int = 128):
         super().__init__(spec, bins)
-        self.levels = 2 ** (spec.bits - 1)
+        self.levels = 2 ** (spec.bits - 1) if spec.signed else 2**spec.bits
         if self.levels > bins:
             raise ValueError(
                 f"EntropyObserver needs bins >= {self.levels} quantized levels for bits={spec.bits}, got bins={bins}"

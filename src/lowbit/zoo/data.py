@@ -6,7 +6,7 @@ Nothing is downloaded. Fashion-MNIST is read from ``$LOWBIT_DATA`` if set, else
 
 Example:
     >>> train = fashion_mnist("train")
-    >>> len(train), train[0][0].shape, train[0][1]
+    >>> len(train), train[0][0].shape, int(train[0][1])
     (60000, torch.Size([1, 28, 28]), 9)
 """
 

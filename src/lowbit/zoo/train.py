@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import save_file
 from torch import nn
 
+from lowbit.analysis.evaluation import accuracy as evaluate
 from lowbit.zoo.data import fashion_mnist
 from lowbit.zoo.models import MODEL_NAMES, build
 
@@ -33,17 +34,6 @@ RECIPES = {
     "resnet20": (4, 0.1, True),
     "mobilenetv2": (3, 0.1, True),
 }
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 1000) -> float:
-    """Top-1 accuracy in percent."""
-    model.eval()
-    correct = sum(
-        int((model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum())
-        for i in range(0, len(labels), batch)
-    )
-    return 100.0 * correct / len(labels)
 
 
 def train(name: str, epochs: int, lr: float, flip: bool, seed: int, out: Path) -> dict[str, object]:
