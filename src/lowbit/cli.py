@@ -114,9 +114,7 @@ def _print_results(results: list[dict[str, Any]]) -> None:
             seen.add(r["model"])
             table.add_row(r["model"], "fp32", f"{fp32['accuracy']:.2f}", "", f"{fp32['bytes']:,}", "1.0",
                           f"{fp32['latency_ms']:.2f}", fp32["backend"])
-        method = r["recipe"] if r["quantized"]["backend"] == "simulation" and r["recipe"] in ("fp16", "bf16", "w8",
-                                                                                               "w4-g128") else f"{r['recipe']} ({r['observer']})"
-        table.add_row("", method, f"{q['accuracy']:.2f}", f"{q['accuracy'] - fp32['accuracy']:+.2f}",
+        table.add_row("", _method(r), f"{q['accuracy']:.2f}", f"{q['accuracy'] - fp32['accuracy']:+.2f}",
                       f"{q['bytes']:,}", f"{fp32['bytes'] / q['bytes']:.1f}", f"{q['latency_ms']:.2f}", q["backend"])
     Console().print(table)
     Console().print("latency: median of one batch of 32; 'simulation' runs fake quantization in float and is not a "
@@ -141,10 +139,12 @@ def demo(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for model in DEMO_MODELS:
+            fp32 = None
             for recipe, observer in DEMO_METHODS:
                 err.print(f"{model}: {recipe}" + (f" ({observer})" if observer else ""), highlight=False)
                 name = f"{model[4:]}-{recipe}" + (f"-{observer}" if observer else "")
-                results.append(run_ptq(model, recipe, calib=calib, out=out / name, observer=observer))
+                results.append(run_ptq(model, recipe, calib=calib, out=out / name, observer=observer, fp32=fp32))
+                fp32 = results[-1]["fp32"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "demo.md").write_text(_markdown(results))
@@ -155,13 +155,17 @@ def demo(
         err.print(f"wrote {out / 'demo.json'} and {out / 'demo.md'}", highlight=False)
 
 
+def _method(result: dict[str, Any]) -> str:
+    return result["recipe"] + (f" ({result['observer']})" if result["observer"] else "")
+
+
 def _markdown(results: list[dict[str, Any]]) -> str:
     lines = ["# lowbit demo: post-training quantization on Fashion-MNIST", "",
              "| model | method | accuracy % | Δ points | bytes | × smaller | latency ms | backend |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in results:
         fp32, q = r["fp32"], r["quantized"]
-        lines.append(f"| {r['model']} | {r['recipe']} ({r['observer']}) | {q['accuracy']:.2f} | "
+        lines.append(f"| {r['model']} | {_method(r)} | {q['accuracy']:.2f} | "
                      f"{q['accuracy'] - fp32['accuracy']:+.2f} | {q['bytes']:,} | {fp32['bytes'] / q['bytes']:.1f} | "
                      f"{q['latency_ms']:.2f} | {q['backend']} |")
     lines += ["", "fp32: " + ", ".join(sorted({f"{r['model']} {r['fp32']['accuracy']:.2f}%" for r in results})),

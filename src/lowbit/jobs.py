@@ -24,7 +24,7 @@ from torch import nn
 
 from lowbit.analysis.evaluation import accuracy, fp32_bytes, latency_ms
 from lowbit.flows.ptq import quantize
-from lowbit.recipes import ObserverKind, Recipe, load_recipe
+from lowbit.recipes import Mode, ObserverKind, Recipe, load_recipe
 from lowbit.serialize import build_from_source, folder_bytes, save_quantized
 
 __all__ = ["load_model", "run_ptq", "calibration_batches"]
@@ -81,11 +81,15 @@ def _measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, size:
 
 def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path = "lowbit-out",
             observer: str | None = None, weights: str | Path | None = None, eval_samples: int | None = None,
-            progress: bool = False) -> dict[str, Any]:
+            progress: bool = False, fp32: dict[str, Any] | None = None) -> dict[str, Any]:
     """Quantize ``model`` with ``recipe`` (activation observer optionally replaced), save to ``out``, measure.
 
+    ``fp32`` reuses the baseline's measurements from an earlier call on the same model (the demo does, once per
+    model) instead of measuring it again.
+
     Returns:
-        ``{"model", "recipe", "observer", "fp32": {...}, "quantized": {...}}``; each side holds ``accuracy``
+        ``{"model", "recipe", "observer", "fp32": {...}, "quantized": {...}}`` (``observer`` is null unless the
+        recipe is static: only static recipes calibrate activations); each side holds ``accuracy``
         (Fashion-MNIST test, %), ``bytes`` (file size of the saved model), ``latency_ms`` (median of one batch of
         32) and ``backend`` (what ran: ``pytorch-fp32`` for the baseline, ``simulation`` for the quantized model —
         fake quantization in float, not a speed result).
@@ -99,11 +103,13 @@ def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path 
     images, labels = fashion_mnist("test").tensors
     if eval_samples is not None:
         images, labels = images[:eval_samples], labels[:eval_samples]
-    fp32 = _measure(float_model, images, labels, 0)
-    fp32["bytes"] = fp32_bytes(float_model)
+    if fp32 is None:
+        fp32 = _measure(float_model, images, labels, 0)
+        fp32["bytes"] = fp32_bytes(float_model)
     qmodel = quantize(float_model, spec, calibration=calibration_batches(calib), progress=progress)
     folder = save_quantized(qmodel, out, source=model if model.startswith("zoo:") else model)
     quantized = _measure(qmodel, images, labels, folder_bytes(folder))
     quantized["path"] = str(folder)
-    return {"model": model, "recipe": spec.name, "observer": spec.activation_observer.value, "fp32": fp32,
-            "quantized": quantized}
+    # only static recipes calibrate activations: elsewhere no observer had any say in the result
+    observer_used = spec.activation_observer.value if spec.mode is Mode.STATIC else None
+    return {"model": model, "recipe": spec.name, "observer": observer_used, "fp32": fp32, "quantized": quantized}

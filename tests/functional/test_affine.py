@@ -267,3 +267,17 @@ def test_stochastic_rounding_keeps_grid_values_and_is_unbiased_at_16_bits():
     near = torch.full((1_000_000,), 30000.25)
     mean = float(quantize(near, qp, generator=g).double().mean())
     assert abs(mean - 30000.25) < 6 * math.sqrt(0.25 * 0.75 / 1_000_000)
+
+
+@pytest.mark.parametrize("bits, signed, symmetric", [(8, False, False), (8, True, True), (4, True, False)])
+def test_fused_kernel_path_is_bit_identical_to_the_torch_path(bits, signed, symmetric):
+    torch.manual_seed(11)
+    x = torch.randn(3, 70, 100) * 3  # above the fused path's size threshold
+    spec = QuantSpec(bits=bits, signed=signed, symmetric=symmetric)
+    qp = choose_qparams(-2.0, 5.0, spec)
+    fused = fake_quantize(x, qp)
+    reference = fake_quantize(x.clone().requires_grad_(), qp).detach()  # autograd forces the torch path
+    assert torch.equal(fused, reference)
+    x[1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        fake_quantize(x, qp)

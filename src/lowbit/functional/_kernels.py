@@ -82,3 +82,26 @@ def row_moments(rows, out):  # pragma: no cover - compiled
             s2 += v * v
         out[c, 0] = s
         out[c, 1] = s2
+
+
+@numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False)
+def fake_quantize_per_tensor(x, scale, zero_point, qmin, qmax, out):  # pragma: no cover - compiled
+    """``out = (clamp(rint(x/scale) + zp, qmin, qmax) − zp)·scale`` in float32, one pass; False if x had NaN/Inf.
+
+    Same IEEE float32 operations in the same order as the torch path (true division, round half to even), so
+    the results are bit-identical; no fastmath, which could reorder or contract them.
+    """
+    n = x.shape[0]
+    s = np.float32(scale)
+    zp = np.float32(zero_point)
+    lo = np.float32(qmin)
+    hi = np.float32(qmax)
+    bad = 0
+    for i in numba.prange(n):
+        v = x[i]
+        if not np.isfinite(v):
+            bad += 1
+        q = np.rint(v / s) + zp
+        q = lo if q < lo else (hi if q > hi else q)
+        out[i] = (q - zp) * s
+    return bad == 0

@@ -25,6 +25,7 @@ import math
 
 import torch
 
+from lowbit.functional import _kernels
 from lowbit.functional.ste import masked_ste
 from lowbit.spec import Granularity, PerChannel, PerGroup, PerTensor, QParams, QuantSpec, Rounding, ScaleKind
 
@@ -250,6 +251,25 @@ def dequantize(q: torch.Tensor, qp: QParams) -> torch.Tensor:
     return layout.restore(centred.to(torch.float32) * layout.qparams(qp.scale))
 
 
+def _fast_path(x: torch.Tensor, qp: QParams) -> bool:
+    # The simulation's hot path: a per-tensor, round-to-nearest activation without autograd, on the CPU.
+    return (
+        x.dtype == torch.float32 and not x.requires_grad and x.device.type == "cpu" and x.numel() >= 4096
+        and isinstance(qp.spec.granularity, PerTensor) and qp.spec.rounding is Rounding.NEAREST
+    )
+
+
+def _fake_quantize_fast(x: torch.Tensor, qp: QParams) -> torch.Tensor:
+    """One fused pass (numba), bit-identical to the torch path below (tests/functional/test_affine.py)."""
+    flat = x.contiguous().reshape(-1)
+    out = torch.empty_like(flat)
+    finite = _kernels.fake_quantize_per_tensor(flat.numpy(), float(qp.scale), int(qp.zero_point), qp.spec.qmin,
+                                               qp.spec.qmax, out.numpy())
+    if not finite:
+        _require_finite(x, "the tensor to quantize")
+    return out.view(x.shape)
+
+
 def fake_quantize(x: torch.Tensor, qp: QParams, generator: torch.Generator | None = None) -> torch.Tensor:
     """``dequantize(quantize(x))`` in ``x``'s dtype, with a straight-through gradient (eq. 9).
 
@@ -266,6 +286,8 @@ def fake_quantize(x: torch.Tensor, qp: QParams, generator: torch.Generator | Non
         (tensor([0.1429, 1.0000]), tensor([1., 0.]))
     """
     layout = _check_qparams(x, qp)
+    if _fast_path(x, qp):
+        return _fake_quantize_fast(x, qp)
     with torch.no_grad():
         codes = _rounded_codes(x.detach(), qp, layout, generator)
         inside = (codes >= qp.spec.qmin) & (codes <= qp.spec.qmax)
