@@ -131,7 +131,7 @@ def test_unsupported_layers_are_named_in_a_warning():
         ({"recipe": "w8a8"}, "is static: pass calibration=batches"),
         ({"recipe": "w8a8", "calibration": []}, "calibration got no batches"),
         ({"recipe": "w8a8", "calibration": [torch.full((2, 16), float("nan"))]},
-         "calibration batch 1: activation quantizer at output of input.*NaN"),
+         r"calibration batch 1 \(shape \(2, 16\)\): activation quantizer at output of input.*NaN"),
         ({"recipe": "w8a8", "calibration": ["text"]}, "must be a tensor, a tuple of inputs or a dict"),
         ({"recipe": "w9a9"}, "unknown recipe 'w9a9'"),
     ],
@@ -144,7 +144,7 @@ def test_bad_input_is_named(kwargs, message):
 
 
 def test_wrong_input_shape_names_the_batch():
-    with pytest.raises(Exception, match="shapes cannot be multiplied|size mismatch|mat1"):
+    with pytest.raises(ValueError, match=r"calibration batch 1 \(shape \(2, 5\)\): .*(mat1|shapes|size)"):
         lowbit.quantize(_mlp(), "w8a8", calibration=[torch.randn(2, 5)], progress=False)
 
 

@@ -181,8 +181,8 @@ def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool = True) -
         for seen, batch in enumerate(_progress(batches, progress), start=1):
             try:
                 _call(model, batch)
-            except ValueError as err:
-                raise ValueError(f"calibration batch {seen}: {err}") from err
+            except (ValueError, RuntimeError) as err:  # torch reports wrong input shapes as RuntimeError
+                raise ValueError(f"calibration batch {seen} ({_describe(batch)}): {err}") from err
     finally:
         for q in quantizers:
             q.calibrating = False
@@ -191,6 +191,16 @@ def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool = True) -
     for q in quantizers:
         q.freeze()
     return seen
+
+
+def _describe(batch: Any) -> str:
+    if isinstance(batch, torch.Tensor):
+        return f"shape {tuple(batch.shape)}"
+    if isinstance(batch, dict):
+        return ", ".join(f"{k}: {_describe(v)}" for k, v in batch.items())
+    if isinstance(batch, (tuple, list)):
+        return ", ".join(_describe(v) for v in batch)
+    return type(batch).__name__
 
 
 def _progress(batches: Iterable[Any], enabled: bool) -> Iterable[Any]:
