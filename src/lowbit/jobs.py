@@ -27,7 +27,7 @@ from lowbit.flows.ptq import quantize
 from lowbit.recipes import Mode, ObserverKind, Recipe, load_recipe
 from lowbit.serialize import build_from_source, folder_bytes, save_quantized
 
-__all__ = ["load_model", "run_ptq", "calibration_batches"]
+__all__ = ["load_model", "run_ptq", "calibration_batches", "backend_of"]
 
 # Latency is measured on one batch of this size: per-sample cost at a realistic serving batch.
 LATENCY_BATCH = 32
@@ -70,13 +70,23 @@ def calibration_batches(count: int, batch: int = 64, seed: int = 0) -> list[torc
     return list(chosen.split(batch))
 
 
-def _measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, size: int) -> dict[str, Any]:
+def _measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, size: int, backend: str,
+             ) -> dict[str, Any]:
     return {
         "accuracy": round(accuracy(model, images, labels), 2),
         "bytes": size,
         "latency_ms": round(latency_ms(model, images[:LATENCY_BATCH]), 3),
-        "backend": "simulation" if size else "pytorch-fp32",
+        "backend": backend,
     }
+
+
+# What actually runs: fp16/bf16 recipes execute in that dtype in PyTorch; integer recipes are simulated in float.
+_BACKENDS = {Mode.FP16: "pytorch-fp16", Mode.BF16: "pytorch-bf16"}
+
+
+def backend_of(recipe: Recipe) -> str:
+    """The name of what executes a model quantized with ``recipe`` (reported next to every latency)."""
+    return _BACKENDS.get(recipe.mode, "simulation")
 
 
 def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path = "lowbit-out",
@@ -91,8 +101,9 @@ def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path 
         ``{"model", "recipe", "observer", "fp32": {...}, "quantized": {...}}`` (``observer`` is null unless the
         recipe is static: only static recipes calibrate activations); each side holds ``accuracy``
         (Fashion-MNIST test, %), ``bytes`` (file size of the saved model), ``latency_ms`` (median of one batch of
-        32) and ``backend`` (what ran: ``pytorch-fp32`` for the baseline, ``simulation`` for the quantized model —
-        fake quantization in float, not a speed result).
+        32) and ``backend`` (what ran: ``pytorch-fp32`` for the baseline; ``pytorch-fp16``/``pytorch-bf16`` for
+        float recipes, which really run in that dtype; ``simulation`` for integer recipes — fake quantization in
+        float, not a speed result).
     """
     from lowbit.zoo.data import fashion_mnist
 
@@ -104,11 +115,10 @@ def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path 
     if eval_samples is not None:
         images, labels = images[:eval_samples], labels[:eval_samples]
     if fp32 is None:
-        fp32 = _measure(float_model, images, labels, 0)
-        fp32["bytes"] = fp32_bytes(float_model)
+        fp32 = _measure(float_model, images, labels, fp32_bytes(float_model), "pytorch-fp32")
     qmodel = quantize(float_model, spec, calibration=calibration_batches(calib), progress=progress)
     folder = save_quantized(qmodel, out, source=model if model.startswith("zoo:") else model)
-    quantized = _measure(qmodel, images, labels, folder_bytes(folder))
+    quantized = _measure(qmodel, images, labels, folder_bytes(folder), backend_of(spec))
     quantized["path"] = str(folder)
     # only static recipes calibrate activations: elsewhere no observer had any say in the result
     observer_used = spec.activation_observer.value if spec.mode is Mode.STATIC else None
