@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     epochs, lr, flip = RECIPES[args.name]
     card = train(args.name, args.epochs or epochs, args.lr or lr, flip, args.seed, args.out)
-    print(json.dumps(card, indent=1))
+    sys.stdout.write(json.dumps(card, indent=1) + "\n")
     return 0
 
 
