@@ -79,3 +79,9 @@ def test_file_with_a_typo_is_rejected_by_name(tmp_path):
 def test_override_patterns_must_be_tuples():
     with pytest.raises(ValueError, match="Override.include must be a tuple of name patterns"):
         Override(include="fc")
+
+
+def test_a_single_pattern_string_in_a_file_is_one_pattern():
+    recipe = Recipe.from_dict({"overrides": [{"include": "layer*", "skip": True}]})
+    assert recipe.overrides[0].include == ("layer*",)
+    assert recipe.plan("fc").skip is False and recipe.plan("layer1").skip is True

@@ -57,3 +57,25 @@ def test_errors_name_the_problem(tmp_path):
     save_quantized(q, tmp_path / "m", source="zoo:mlp")
     with pytest.raises(ValueError, match="does not match the model: missing"):
         load_quantized(tmp_path / "m", model=build("lenet5"))
+
+
+def test_a_user_layer_named_observer_is_saved(tmp_path):
+    src = tmp_path / "named.py"
+    src.write_text("import torch\nclass M(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                   "        self.observer = torch.nn.Linear(4, 4)\n    def forward(self, x):\n"
+                   "        return self.observer(x)\ndef make():\n    return M()\n")
+    model = build_from_source(f"{src}:make")
+    q = lowbit.quantize(model, "w8a8", calibration=[torch.randn(8, 4)], progress=False)
+    save_quantized(q, tmp_path / "out", source=f"{src}:make")
+    x = torch.randn(2, 4)
+    assert torch.equal(load_quantized(tmp_path / "out")(x), q(x))
+
+
+def test_loading_into_a_wider_model_names_the_mismatch(tmp_path):
+    small = tmp_path / "small.py"
+    small.write_text("import torch\ndef make():\n    return torch.nn.Sequential(torch.nn.Linear(4, 3))\n"
+                     "def wide():\n    return torch.nn.Sequential(torch.nn.Linear(4, 5))\n")
+    q = lowbit.quantize(build_from_source(f"{small}:make"), "w8", progress=False)
+    save_quantized(q, tmp_path / "out", source=f"{small}:make")
+    with pytest.raises(ValueError, match="shape mismatch"):
+        load_quantized(tmp_path / "out", model=build_from_source(f"{small}:wide"))

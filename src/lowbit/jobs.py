@@ -115,7 +115,11 @@ def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path 
     if eval_samples is not None:
         images, labels = images[:eval_samples], labels[:eval_samples]
     if fp32 is None:
-        fp32 = _measure(float_model, images, labels, fp32_bytes(float_model), "pytorch-fp32")
+        try:
+            fp32 = _measure(float_model, images, labels, fp32_bytes(float_model), "pytorch-fp32")
+        except RuntimeError as err:  # torch reports wrong input shapes as RuntimeError
+            raise ValueError(f"{model} cannot run on Fashion-MNIST test inputs of shape "
+                             f"{tuple(images.shape[1:])}: {err}") from err
     qmodel = quantize(float_model, spec, calibration=calibration_batches(calib), progress=progress)
     folder = save_quantized(qmodel, out, source=model if model.startswith("zoo:") else model)
     quantized = _measure(qmodel, images, labels, folder_bytes(folder), backend_of(spec))

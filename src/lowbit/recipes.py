@@ -274,7 +274,9 @@ class Recipe:
                 if o.get(key) is not None:
                     o[key] = spec_from_dict(o[key], f"{where}.overrides[{i}].{key}")
             for key in ("include", "exclude"):
-                if key in o:
+                if isinstance(o.get(key), str):
+                    o[key] = (o[key],)  # a single pattern, not its characters
+                elif key in o:
                     o[key] = tuple(o[key])
             overrides.append(Override(**o))
         data["overrides"] = tuple(overrides)

@@ -67,9 +67,22 @@ def build_from_source(source: str) -> nn.Module:
     return model
 
 
+def _calibration_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the observers inside activation quantizers (calibration statistics, never saved)."""
+    from lowbit.nn.activation import ActivationQuantizer
+
+    keys: set[str] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, ActivationQuantizer) and module.observer is not None:
+            prefix = f"{name}.observer." if name else "observer."
+            keys |= {prefix + k for k in module.observer.state_dict()}
+    return keys
+
+
 def _saved_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, object]]]:
     """Tensors to write (observer statistics left out, sub-byte codes packed) and the packing records."""
-    state = {k: v for k, v in model.state_dict().items() if ".observer." not in k and not k.startswith("observer.")}
+    skip = _calibration_keys(model)
+    state = {k: v for k, v in model.state_dict().items() if k not in skip}
     packed: dict[str, dict[str, object]] = {}
     for name, module in model.named_modules():
         if isinstance(module, (QuantLinear, QuantConv)) and module.weight_spec.bits < 8:
@@ -132,11 +145,13 @@ def load_quantized(folder: str | Path, model: nn.Module | None = None) -> nn.Mod
     state = load_file(str(folder / _WEIGHTS))
     for key, info in meta.get("packed", {}).items():
         state[key] = unpack(state.pop(key + ".packed"), int(info["bits"]), bool(info["signed"]), tuple(info["shape"]))
-    expected = {k for k in structure.state_dict() if ".observer." not in k and not k.startswith("observer.")}
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
+    own = {k: v for k, v in structure.state_dict().items() if k not in _calibration_keys(structure)}
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    # activation qparams are empty until frozen, so only other tensors must agree in shape
+    wrong = sorted(k for k in set(own) & set(state) if own[k].numel() and own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
         raise ValueError(f"{folder / _WEIGHTS} does not match the model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+                         f"unexpected {unexpected[:5]}, shape mismatch {wrong[:5]}")
     structure.load_state_dict(state, strict=False)
     return structure
 

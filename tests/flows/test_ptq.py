@@ -156,3 +156,66 @@ def test_quantized_layers_match_a_float_layer_with_dequantized_weights():
     ref = nn.functional.conv2d(x, lowbit.F.fake_quantize(layer.weight.detach(), q.weight_qparams()), layer.bias,
                                stride=2, padding=1, groups=3)
     assert torch.equal(q(x), ref)
+
+
+# --- regressions found in review -------------------------------------------------------------------------
+
+
+def test_layers_not_called_as_modules_stay_float():
+    class Tricky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)  # holds an out_proj Linear it reads itself
+            self.fc = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            y, _ = self.attn(x, x, x)
+            tied = nn.functional.linear(y, self.fc.weight)  # the graph reads fc.weight directly
+            return self.head(tied + self.fc(y))
+
+    model = Tricky().eval()
+    with pytest.warns(UserWarning, match="attn.out_proj .NonDynamicallyQuantizableLinear, not called as a module"):
+        q = lowbit.quantize(model, "w8a8", calibration=[torch.randn(2, 5, 8)], progress=False)
+    assert list(q.quantization_summary.quantized) == ["head"]
+    x = torch.randn(2, 5, 8)
+    assert sqnr(model(x), q(x)) > 25
+
+
+def test_shape_arithmetic_is_not_quantized():
+    class Slice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 6)
+
+        def forward(self, x):
+            y = self.fc(x)
+            return y[:, : y.shape[1] // 2 + 1]
+
+    q = lowbit.quantize(Slice().eval(), "w8a8", calibration=[torch.randn(3, 4)], progress=False)
+    assert q(torch.randn(2, 4)).shape == (2, 4)
+
+
+def test_activation_overrides_apply_in_graph_mode():
+    recipe = Recipe(name="a4", overrides=(Override(include=("0",), activation=lowbit.QuantSpec(bits=4, signed=False,
+                                                                                                 symmetric=False)),))
+    q = lowbit.quantize(_mlp(), recipe, calibration=_batches(), progress=False)
+    bits = {m.label: m.spec.bits for m in q.modules() if isinstance(m, ActivationQuantizer)}
+    assert bits["output of input_1"] == 4 and bits["output of _1"] == 4  # input of layer 0, its fused-ReLU output
+    assert bits["output of _2"] == 8
+
+
+def test_a_layer_never_called_in_eager_mode_is_left_unquantized_with_a_warning():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.aux = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > -1e9 else self.aux(x)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q = lowbit.quantize(Branchy().eval(), "w8a8", calibration=[torch.randn(2, 4)], progress=False)
+    assert any("no tensor reached input of aux" in str(w.message) for w in caught)
+    assert q(torch.randn(2, 4)).shape == (2, 4)

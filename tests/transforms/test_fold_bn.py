@@ -59,3 +59,18 @@ def test_original_model_is_untouched_and_shared_outputs_are_not_folded():
 def test_mismatched_bn_is_an_error():
     with pytest.raises(ValueError, match="BatchNorm2d\\(4\\) into a layer with 8 outputs"):
         fold_bn_into(nn.Conv2d(1, 8, 1), nn.BatchNorm2d(4))
+
+
+def test_a_layer_called_twice_is_not_folded():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.bn = nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            return self.bn(self.c(x)) + self.c(x)
+
+    model = Twice().eval()
+    _randomize_bn(model.bn, 3)
+    x = torch.randn(1, 1, 4, 4)
+    assert torch.allclose(fold_bn(model)(x), model(x))

@@ -87,8 +87,16 @@ def place_quantizers(gm: fx.GraphModule, dynamic: bool) -> Placement:
             placement.after.append(node)
         on_grid.add(node)
 
+    # shape arithmetic (x.shape[1] // 2 + 1) is Python numbers, not tensors: never quantized, never a join
+    scalars: set[fx.Node] = set()
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "get_attr", "output"):
+            continue
+        inputs = _tensor_inputs(node)
+        if (node.op == "call_function" and node.target is getattr) or (
+            node.op == "call_method" and node.target == "size"
+        ) or (inputs and node.op in ("call_function", "call_method") and all(i in scalars for i in inputs)):
+            scalars.add(node)
             continue
         consumes = _is_quant_layer(node, modules) or (not dynamic and _is_join(node))
         if consumes:

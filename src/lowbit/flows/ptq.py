@@ -3,7 +3,8 @@
 Steps: trace the model (``torch.fx``), fold BatchNorm, swap Linear/Conv1d/Conv2d for layers with integer
 weights per the recipe, place activation quantizers on the tensor edges (:mod:`lowbit.flows.placement`),
 calibrate them on the given batches, freeze. Models that cannot be traced (e.g. Hugging Face transformers) are
-quantized layer by layer instead: each Linear/Conv quantizes its own input. The user's model is never modified
+quantized layer by layer instead: each Linear/Conv quantizes its own input, and "first" and "last" layer mean
+first and last declared (the order of execution is unknown without a trace). The user's model is never modified
 unless ``inplace=True``.
 
 Example:
@@ -84,7 +85,23 @@ def _weight_observer(kind: ObserverKind) -> WeightObserver:
 
 
 def _layer_names(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules() if isinstance(m, _LAYERS)]
+    """Linear/Conv layers to quantize, in first-use order for a traced graph (declaration order otherwise).
+
+    In a graph only layers called as modules qualify: a layer inside another leaf module (e.g. the projection of
+    ``nn.MultiheadAttention``) or one whose weight the graph reads directly (tied weights) stays float.
+    """
+    if not isinstance(model, fx.GraphModule):
+        return [name for name, m in model.named_modules() if isinstance(m, _LAYERS)]
+    read = {str(n.target).rpartition(".")[0] for n in model.graph.nodes if n.op == "get_attr"}
+    called = [n.target for n in model.graph.nodes if n.op == "call_module"]
+    once = {t for t in called if called.count(t) == 1}
+    return [t for t in dict.fromkeys(called)
+            if isinstance(model.get_submodule(t), _LAYERS) and t not in read and t in once]
+
+
+def _plans(root: nn.Module, recipe: Recipe) -> dict[str, Any]:
+    names = _layer_names(root)
+    return {name: recipe.plan(name, first=i == 0, last=i == len(names) - 1) for i, name in enumerate(names)}
 
 
 def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -93,10 +110,12 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _swap_layers(root: nn.Module, recipe: Recipe, summary: QuantizationSummary, wrap_input: bool) -> None:
-    names = _layer_names(root)
+    plans = _plans(root, recipe)
     observer = _weight_observer(recipe.weight_observer)
-    for i, name in enumerate(names):
-        plan = recipe.plan(name, first=i == 0, last=i == len(names) - 1)
+    for name, module in root.named_modules():
+        if isinstance(module, _LAYERS) and name not in plans and name:
+            summary.float_layers.append(f"{name} ({type(module).__name__}, not called as a module)")
+    for i, (name, plan) in enumerate(plans.items()):
         layer = root.get_submodule(name)
         if plan.skip or plan.weight is None:
             summary.float_layers.append(f"{name} ({type(layer).__name__}, skipped by recipe)")
@@ -137,11 +156,24 @@ def _activation_quantizer(recipe: Recipe, spec: QuantSpec | None, label: str, mo
     return ActivationQuantizer(spec, observer, dynamic=dynamic, label=label)
 
 
-def _insert_quantizers(gm: fx.GraphModule, recipe: Recipe, summary: QuantizationSummary) -> None:
+def _edge_spec(node: fx.Node, plans: dict[str, Any], recipe: Recipe) -> QuantSpec | None:
+    """The activation spec of an edge: its producing layer's plan (through a fused ReLU), else the plan of the
+    first layer that consumes it, else the recipe's."""
+    source = node.args[0] if node.op == "call_module" and node.target not in plans and node.args else node
+    if isinstance(source, fx.Node) and source.op == "call_module" and source.target in plans:
+        return plans[source.target].activation
+    for user in node.users:
+        if user.op == "call_module" and user.target in plans:
+            return plans[user.target].activation
+    return recipe.activation
+
+
+def _insert_quantizers(gm: fx.GraphModule, recipe: Recipe, summary: QuantizationSummary,
+                       plans: dict[str, Any]) -> None:
     placement = place_quantizers(gm, dynamic=recipe.mode is Mode.DYNAMIC)
     for i, node in enumerate(placement.after):
         name = f"act_quant_{i}"
-        quantizer = _activation_quantizer(recipe, recipe.activation, f"output of {node.name}",
+        quantizer = _activation_quantizer(recipe, _edge_spec(node, plans, recipe), f"output of {node.name}",
                                           model_input=node.op == "placeholder")
         gm.add_submodule(name, quantizer)
         with gm.graph.inserting_after(node):
@@ -188,8 +220,15 @@ def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool = True) -
             q.calibrating = False
     if seen == 0:
         raise ValueError("calibration got no batches: pass a non-empty iterable of inputs")
+    unused = [q.label for q in quantizers if q.observer is not None and int(q.observer.batches) == 0]
+    if unused:
+        warnings.warn("lowbit.calibrate: no tensor reached " + ", ".join(unused) + "; left unquantized",
+                      stacklevel=2)
     for q in quantizers:
-        q.freeze()
+        if q.observer is not None and int(q.observer.batches) == 0:
+            q.bypass = True
+        else:
+            q.freeze()
     return seen
 
 
@@ -246,9 +285,11 @@ def prepare(model: nn.Module, recipe: str | Recipe = "w8a8", *, inplace: bool = 
         )
         result, graph = work, False
     summary = QuantizationSummary(recipe.name, recipe.mode.value, graph)
+    plans = _plans(result, recipe)
     _swap_layers(result, recipe, summary, wrap_input=not graph)
     if graph and recipe.mode in (Mode.STATIC, Mode.DYNAMIC):
-        _insert_quantizers(result, recipe, summary)  # type: ignore[arg-type]
+        quantized = {k: v for k, v in plans.items() if k in summary.quantized}
+        _insert_quantizers(result, recipe, summary, quantized)  # type: ignore[arg-type]
     if summary.float_layers:
         warnings.warn("lowbit.quantize: kept in float: " + ", ".join(summary.float_layers), stacklevel=3)
     result.quantization_summary = summary  # type: ignore[assignment]

@@ -51,6 +51,7 @@ class ActivationQuantizer(nn.Module):
         self.dynamic = dynamic
         self.label = label
         self.calibrating = False
+        self.bypass = False  # set by calibration when no tensor ever reached this edge
         self.register_buffer("scale", torch.empty(0))
         self.register_buffer("zero_point", torch.empty(0, dtype=torch.int32))
 
@@ -72,6 +73,8 @@ class ActivationQuantizer(nn.Module):
         self.scale, self.zero_point = qp.scale, qp.zero_point
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bypass or not isinstance(x, torch.Tensor):  # e.g. an int from shape arithmetic
+            return x
         if self.dynamic:
             qp = choose_qparams(*reduce_minmax(x.detach(), self.spec.granularity), self.spec)
             return fake_quantize(x, qp)

@@ -57,7 +57,8 @@ def fold_bn_into(layer: nn.Module, bn: nn.Module) -> nn.Module:
 def fold_bn(model: nn.Module) -> fx.GraphModule:
     """A traced copy of ``model`` with every conv/linear → BatchNorm pair folded (the input model is untouched).
 
-    A BN is folded only when its input is a conv/linear module whose output feeds nothing else; other BNs stay.
+    A BN is folded only when its input is a conv/linear module called once, whose output feeds nothing else and
+    whose parameters the graph does not read directly; other BNs stay.
 
     Raises:
         torch.fx.proxy.TraceError: if ``model`` cannot be traced symbolically.
@@ -65,6 +66,8 @@ def fold_bn(model: nn.Module) -> fx.GraphModule:
     gm = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
     gm = copy.deepcopy(gm)
     modules = dict(gm.named_modules())
+    calls = [n.target for n in gm.graph.nodes if n.op == "call_module"]
+    read = {str(n.target).rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not isinstance(modules.get(node.target), _BN):
             continue
@@ -72,7 +75,10 @@ def fold_bn(model: nn.Module) -> fx.GraphModule:
         if not (isinstance(producer, fx.Node) and producer.op == "call_module"):
             continue
         layer = modules.get(producer.target)
-        if not isinstance(layer, _FOLDABLE) or len(producer.users) != 1:
+        # fold only a layer called once, whose output feeds nothing else and whose weight nobody else reads
+        if not isinstance(layer, _FOLDABLE) or len(producer.users) != 1 or calls.count(producer.target) != 1:
+            continue
+        if producer.target in read:
             continue
         _replace_module(gm, producer.target, fold_bn_into(layer, modules[node.target]))
         node.replace_all_uses_with(producer)
