@@ -34,6 +34,7 @@ test: $(STAMP) data
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/observer_cost.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/weight_sqnr.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/calibration_cost.py
 
 clean-venv:
 	rm -rf $(VENV)

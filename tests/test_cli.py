@@ -83,3 +83,21 @@ def test_bad_arguments_exit_2_with_a_message(args, message):
 def test_list():
     result = runner.invoke(app, ["list"])
     assert "zoo:mobilenetv2" in result.output and "w4-g128" in result.output and "entropy" in result.output
+
+
+def test_user_model_with_pt_weights(tmp_path):
+    import torch
+
+    from lowbit.zoo import load
+
+    src = tmp_path / "net.py"
+    src.write_text("from lowbit.zoo.models import build\ndef make():\n    return build('lenet5')\n")
+    weights = tmp_path / "w.pt"
+    torch.save(load("lenet5").model.state_dict(), weights)
+    result = runner.invoke(app, ["quantize", "--model", f"{src}:make", "--weights", str(weights), "--recipe", "w8",
+                                 "--out", str(tmp_path / "q"), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data["fp32"]["accuracy"] == load("lenet5").card["accuracy"]
+    missing = runner.invoke(app, ["quantize", "--model", f"{src}:make", "--out", str(tmp_path / "r")])
+    assert missing.exit_code == 2 and "--weights is required" in missing.output

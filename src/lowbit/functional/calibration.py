@@ -89,24 +89,41 @@ def entropy_threshold(counts: torch.Tensor, levels: int = 128, start: int = 128,
     if start > n:
         return n
     best_i, best_kl = n, math.inf
-    tail = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])  # tail[i] = sum(hist[i:])
-    for i in range(start, n + 1):
-        p = hist[:i].clone()
-        if i < n:
-            p[-1] += tail[i]
-        group = torch.arange(i, dtype=torch.int64) * levels // i
-        nonzero = (hist[:i] > 0).to(torch.float64)
-        mass = torch.zeros(levels, dtype=torch.float64).index_add_(0, group, hist[:i])
-        filled = torch.zeros(levels, dtype=torch.float64).index_add_(0, group, nonzero)
-        q = torch.where(nonzero > 0, mass[group] / filled[group].clamp(min=1), 0.0)
-        p_n, q_n = p / p.sum(), q / q.sum()
-        support = p_n > 0
-        if bool((q_n[support] == 0).any()):
-            continue
-        kl = float((p_n[support] * torch.log(p_n[support] / q_n[support])).sum())
-        if kl < best_kl:
-            best_i, best_kl = i, kl
+    # All candidates of a chunk at once, one row each (rows are the loop "for i in start…n" unrolled).
+    for first in range(start, n + 1, _ENTROPY_CHUNK):
+        i = torch.arange(first, min(n, first + _ENTROPY_CHUNK - 1) + 1)
+        kl = _entropy_divergences(hist, i, levels)
+        k = int(torch.argmin(kl))  # first minimum: ties keep the smallest i
+        if float(kl[k]) < best_kl:
+            best_i, best_kl = int(i[k]), float(kl[k])
     return best_i
+
+
+_ENTROPY_CHUNK = 256
+
+
+def _entropy_divergences(hist: torch.Tensor, i: torch.Tensor, levels: int) -> torch.Tensor:
+    """``KL(P_i‖Q_i)`` for every candidate in ``i`` (``inf`` where ``Q`` is zero under ``P``)."""
+    n = hist.numel()
+    j = torch.arange(n)
+    inside = j.unsqueeze(0) < i.unsqueeze(1)  # [candidates, n]
+    counts = torch.where(inside, hist, 0.0)
+    tail = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])  # tail[b] = sum(hist[b:])
+    p = counts.clone()
+    last = (i - 1).unsqueeze(1)
+    outliers = torch.where(i < n, tail[i.clamp(max=n - 1)], 0.0).unsqueeze(1)
+    p.scatter_add_(1, last, outliers)
+    group = torch.where(inside, j.unsqueeze(0) * levels // i.unsqueeze(1), 0)
+    nonzero = (counts > 0).to(torch.float64)
+    mass = torch.zeros(len(i), levels, dtype=torch.float64).scatter_add_(1, group, counts)
+    filled = torch.zeros(len(i), levels, dtype=torch.float64).scatter_add_(1, group, nonzero)
+    q = torch.where(nonzero > 0, mass.gather(1, group) / filled.gather(1, group).clamp(min=1), 0.0)
+    p_n = p / p.sum(dim=1, keepdim=True)
+    q_n = q / q.sum(dim=1, keepdim=True)
+    support = p_n > 0
+    ratio = torch.where(support, p_n / torch.where(support, q_n, 1.0), 1.0)
+    kl = torch.where(support, p_n * torch.log(ratio), 0.0).sum(dim=1)
+    return torch.where((support & (q_n == 0)).any(dim=1), math.inf, kl)
 
 
 def histogram_quantile(pos: torch.Tensor, neg: torch.Tensor, width: float, q: float) -> float:
