@@ -85,3 +85,9 @@ def test_a_single_pattern_string_in_a_file_is_one_pattern():
     recipe = Recipe.from_dict({"overrides": [{"include": "layer*", "skip": True}]})
     assert recipe.overrides[0].include == ("layer*",)
     assert recipe.plan("fc").skip is False and recipe.plan("layer1").skip is True
+
+
+def test_per_token_needs_dynamic_mode():
+    assert preset("w8-dynamic-token").per_token is True
+    with pytest.raises(ValueError, match="per_token must be a bool and needs mode dynamic"):
+        Recipe(per_token=True)

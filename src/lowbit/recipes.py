@@ -12,7 +12,7 @@ Example:
     >>> Recipe.from_dict({"mode": "static", "wieght": {"bits": 4}})
     Traceback (most recent call last):
     ...
-    ValueError: recipe: unknown key 'wieght' (known: activation, activation_observer, first_last_bits, input_observer, mode, name, observer_options, overrides, weight, weight_observer)
+    ValueError: recipe: unknown key 'wieght' (known: activation, activation_observer, first_last_bits, input_observer, mode, name, observer_options, overrides, per_token, weight, weight_observer)
 """
 
 from __future__ import annotations
@@ -180,6 +180,8 @@ class Recipe:
             known range, and histogram rules can fail on it (an image's constant background is a spike that
             makes the entropy rule clip every foreground pixel).
         observer_options: keyword arguments for the activation observer (e.g. ``{"percentile": 99.99}``).
+        per_token: dynamic mode only: each token (row along the last dimension) gets its own activation qparams
+            — what transformer activations, whose outlier dimensions vary by token, need.
         first_last_bits: if set, the first and last quantized layers keep this weight/activation width
             (standard practice below 8 bits); ``None`` treats them like the rest.
         overrides: applied in order; later ones win.
@@ -196,6 +198,7 @@ class Recipe:
     activation_observer: ObserverKind = ObserverKind.MINMAX
     input_observer: ObserverKind = ObserverKind.MINMAX
     observer_options: dict[str, Any] = field(default_factory=dict)
+    per_token: bool = False
     first_last_bits: int | None = None
     overrides: tuple[Override, ...] = ()
 
@@ -213,6 +216,9 @@ class Recipe:
             not isinstance(self.first_last_bits, int) or not 2 <= self.first_last_bits <= 16
         ):
             raise ValueError(f"Recipe.first_last_bits must be None or an int in 2..16, got {self.first_last_bits!r}")
+        if not isinstance(self.per_token, bool) or (self.per_token and self.mode is not Mode.DYNAMIC):
+            raise ValueError(f"Recipe.per_token must be a bool and needs mode dynamic, got {self.per_token!r} "
+                             f"with mode {self.mode.value}")
         if not isinstance(self.observer_options, dict):
             raise ValueError(f"Recipe.observer_options must be a mapping, got {self.observer_options!r}")
         object.__setattr__(self, "overrides", tuple(self.overrides))
@@ -246,6 +252,7 @@ class Recipe:
             "activation_observer": self.activation_observer.value,
             "input_observer": self.input_observer.value,
             "observer_options": dict(self.observer_options),
+            "per_token": self.per_token,
             "first_last_bits": self.first_last_bits,
             "overrides": [
                 {"include": list(o.include), "exclude": list(o.exclude),
@@ -322,6 +329,7 @@ PRESETS: dict[str, Recipe] = {
     "w8a8": Recipe("w8a8", Mode.STATIC, _W8, _A8),
     "w8a8-pertensor": Recipe("w8a8-pertensor", Mode.STATIC, QuantSpec(bits=8, narrow_range=True), _A8),
     "w8-dynamic": Recipe("w8-dynamic", Mode.DYNAMIC, _W8, _A8),
+    "w8-dynamic-token": Recipe("w8-dynamic-token", Mode.DYNAMIC, _W8, _A8, per_token=True),
     "w8": Recipe("w8", Mode.WEIGHT_ONLY, _W8, None),
     "w4-g128": Recipe("w4-g128", Mode.WEIGHT_ONLY, QuantSpec(bits=4, granularity=PerGroup(0, 128)), None,
                       weight_observer=ObserverKind.MSE),

@@ -50,3 +50,16 @@ def test_activation_quantizer_modes():
     static.calibrating = True
     with pytest.raises(ValueError, match="activation quantizer at edge: .*NaN"):
         static(torch.tensor([float("nan")]))
+
+
+def test_per_token_dynamic_quantization_gives_each_row_its_own_range():
+    spec = QuantSpec(bits=8, signed=False, symmetric=False)
+    q = ActivationQuantizer(spec, dynamic=True, per_token=True)
+    x = torch.tensor([[[0.0, 1.0, 2.0], [0.0, 100.0, 200.0]]])  # two tokens with ranges 100x apart
+    y = q(x)
+    assert float((y[0, 0] - x[0, 0]).abs().max()) <= 2 / 255 / 2 + 1e-6  # the small token keeps its own step
+    assert float((y[0, 1] - x[0, 1]).abs().max()) <= 200 / 255 / 2 + 1e-4
+    per_tensor = ActivationQuantizer(spec, dynamic=True)(x)
+    assert float((per_tensor[0, 0] - x[0, 0]).abs().max()) > 0.2  # one range for both loses the small token
+    with pytest.raises(ValueError, match="per_token needs dynamic"):
+        ActivationQuantizer(spec, MinMaxObserver(spec), per_token=True)

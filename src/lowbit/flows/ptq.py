@@ -153,7 +153,7 @@ def _activation_quantizer(recipe: Recipe, spec: QuantSpec | None, label: str, mo
     kind = recipe.input_observer if model_input else recipe.activation_observer
     options = recipe.observer_options if kind is recipe.activation_observer else {}
     observer = None if dynamic else make_observer(kind, spec, options)
-    return ActivationQuantizer(spec, observer, dynamic=dynamic, label=label)
+    return ActivationQuantizer(spec, observer, dynamic=dynamic, label=label, per_token=recipe.per_token)
 
 
 def _edge_spec(node: fx.Node, plans: dict[str, Any], recipe: Recipe) -> QuantSpec | None:

@@ -19,12 +19,14 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from lowbit.functional.affine import choose_qparams, fake_quantize, reduce_minmax
 from lowbit.observers.base import Observer
-from lowbit.spec import QParams, QuantSpec
+from lowbit.spec import PerChannel, QParams, QuantSpec
 
 __all__ = ["ActivationQuantizer"]
 
@@ -37,15 +39,22 @@ class ActivationQuantizer(nn.Module):
         observer: range estimator for static quantization (unused when ``dynamic``).
         dynamic: choose qparams from every batch at run time.
         label: where this edge is (e.g. "output of conv1"), used in error messages.
+        per_token: dynamic only: every row along the last dimension (a token's hidden vector) gets its own
+            qparams, instead of one per tensor.
 
     Raises:
-        ValueError: static without an observer.
+        ValueError: static without an observer, or ``per_token`` without ``dynamic``.
     """
 
-    def __init__(self, spec: QuantSpec, observer: Observer | None = None, dynamic: bool = False, label: str = ""):
+    def __init__(self, spec: QuantSpec, observer: Observer | None = None, dynamic: bool = False, label: str = "",
+                 per_token: bool = False):
         super().__init__()
         if not dynamic and observer is None:
             raise ValueError("ActivationQuantizer: static quantization needs an observer")
+        if per_token and not dynamic:
+            raise ValueError("ActivationQuantizer: per_token needs dynamic=True")
+        self.per_token = per_token
+        self._row_spec = dataclasses.replace(spec, granularity=PerChannel(0))
         self.spec = spec
         self.observer = observer
         self.dynamic = dynamic
@@ -75,6 +84,10 @@ class ActivationQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bypass or not isinstance(x, torch.Tensor):  # e.g. an int from shape arithmetic
             return x
+        if self.dynamic and self.per_token:
+            rows = x.reshape(-1, x.shape[-1])
+            qp = choose_qparams(*reduce_minmax(rows.detach(), self._row_spec.granularity), self._row_spec)
+            return fake_quantize(rows, qp).reshape(x.shape)
         if self.dynamic:
             qp = choose_qparams(*reduce_minmax(x.detach(), self.spec.granularity), self.spec)
             return fake_quantize(x, qp)
@@ -96,4 +109,5 @@ class ActivationQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         mode = "dynamic" if self.dynamic else ("calibrating" if self.calibrating else "static")
+        mode += ", per token" if self.per_token else ""
         return f"bits={self.spec.bits}, {mode}"
