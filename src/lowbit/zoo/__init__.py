@@ -13,7 +13,7 @@ Example:
 """
 
 from lowbit.zoo.data import DatasetNotFound, digits, fashion_mnist
-from lowbit.zoo.minilm import MiniLMNotInstalled, minilm_dir, minilm_linear_weights
+from lowbit.zoo.minilm import MiniLMEmbedder, MiniLMNotInstalled, encode, minilm_dir, minilm_linear_weights
 from lowbit.zoo.models import build
 from lowbit.zoo.registry import ZooEntry, available, load, load_weights
 from lowbit.zoo.text import lee_documents, lee_similarities, polarity_sentences, stdlib_sentences
@@ -30,6 +30,8 @@ __all__ = [
     "minilm_dir",
     "minilm_linear_weights",
     "MiniLMNotInstalled",
+    "MiniLMEmbedder",
+    "encode",
     "lee_documents",
     "lee_similarities",
     "polarity_sentences",
