@@ -121,7 +121,7 @@ def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path 
             raise ValueError(f"{model} cannot run on Fashion-MNIST test inputs of shape "
                              f"{tuple(images.shape[1:])}: {err}") from err
     qmodel = quantize(float_model, spec, calibration=calibration_batches(calib), progress=progress)
-    folder = save_quantized(qmodel, out, source=model if model.startswith("zoo:") else model)
+    folder = save_quantized(qmodel, out, source=model)
     quantized = _measure(qmodel, images, labels, folder_bytes(folder), backend_of(spec))
     quantized["path"] = str(folder)
     # only static recipes calibrate activations: elsewhere no observer had any say in the result

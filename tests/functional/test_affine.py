@@ -251,11 +251,10 @@ def test_fake_quantize_keeps_the_input_dtype(dtype):
     qp = choose_qparams(-2.0, 2.0, QuantSpec(bits=6))
     y = fake_quantize(x, qp)
     assert y.dtype == dtype
-    # one rounding back to the input dtype of the float32 result
-    assert torch.equal(y, dequantize(quantize(x, qp), qp).to(dtype)) or dtype == torch.float64
-    if dtype == torch.float64:
-        ref = (_reference_quantize(x, qp.scale, qp.zero_point, -32, 31) - 0) * qp.scale.double()
-        assert torch.equal(y, ref)
+    if dtype == torch.float64:  # computed in float64 throughout
+        assert torch.equal(y, _reference_quantize(x, qp.scale, qp.zero_point, -32, 31) * qp.scale.double())
+    else:  # computed in float32, rounded back to the input dtype once
+        assert torch.equal(y, dequantize(quantize(x, qp), qp).to(dtype))
 
 
 def test_stochastic_rounding_keeps_grid_values_and_is_unbiased_at_16_bits():
