@@ -84,23 +84,22 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
 ) -> None:
     """Evaluate a saved quantized model (or a zoo model) on the Fashion-MNIST test set."""
-    from lowbit.analysis import accuracy, fp32_bytes, latency_ms
-    from lowbit.jobs import LATENCY_BATCH, backend_of, load_model
+    from lowbit.analysis import fp32_bytes
+    from lowbit.jobs import backend_of, load_model, measure
     from lowbit.serialize import folder_bytes, load_quantized
     from lowbit.zoo.data import fashion_mnist
 
     try:
         if model.startswith("zoo:"):
-            net, size, backend = load_model(model), None, "pytorch-fp32"
+            net = load_model(model)
+            size, backend = fp32_bytes(net), "pytorch-fp32"
         else:
             net = load_quantized(model)
             size, backend = folder_bytes(model), backend_of(net.lowbit_recipe)
     except (ValueError, FileNotFoundError) as error:
         _fail(str(error))
     images, labels = fashion_mnist("test").tensors
-    result = {"model": model, "accuracy": round(accuracy(net, images, labels), 2),
-              "bytes": size if size is not None else fp32_bytes(net),
-              "latency_ms": round(latency_ms(net, images[:LATENCY_BATCH]), 3), "backend": backend}
+    result = {"model": model, **measure(net, images, labels, size, backend)}
     typer.echo(json.dumps(result) if as_json else "  ".join(f"{k}={v}" for k, v in result.items()))
 
 

@@ -27,7 +27,7 @@ from lowbit.flows.ptq import quantize
 from lowbit.recipes import Mode, ObserverKind, Recipe, load_recipe
 from lowbit.serialize import build_from_source, folder_bytes, save_quantized
 
-__all__ = ["load_model", "run_ptq", "calibration_batches", "backend_of"]
+__all__ = ["load_model", "run_ptq", "calibration_batches", "backend_of", "measure"]
 
 # Latency is measured on one batch of this size: per-sample cost at a realistic serving batch.
 LATENCY_BATCH = 32
@@ -70,8 +70,9 @@ def calibration_batches(count: int, batch: int = 64, seed: int = 0) -> list[torc
     return list(chosen.split(batch))
 
 
-def _measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, size: int, backend: str,
-             ) -> dict[str, Any]:
+def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, size: int, backend: str,
+            ) -> dict[str, Any]:
+    """Accuracy (%), ``size`` in bytes, latency of one batch of :data:`LATENCY_BATCH`, and the backend's name."""
     return {
         "accuracy": round(accuracy(model, images, labels), 2),
         "bytes": size,
@@ -116,13 +117,13 @@ def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path 
         images, labels = images[:eval_samples], labels[:eval_samples]
     if fp32 is None:
         try:
-            fp32 = _measure(float_model, images, labels, fp32_bytes(float_model), "pytorch-fp32")
+            fp32 = measure(float_model, images, labels, fp32_bytes(float_model), "pytorch-fp32")
         except RuntimeError as err:  # torch reports wrong input shapes as RuntimeError
             raise ValueError(f"{model} cannot run on Fashion-MNIST test inputs of shape "
                              f"{tuple(images.shape[1:])}: {err}") from err
     qmodel = quantize(float_model, spec, calibration=calibration_batches(calib), progress=progress)
     folder = save_quantized(qmodel, out, source=model)
-    quantized = _measure(qmodel, images, labels, folder_bytes(folder), backend_of(spec))
+    quantized = measure(qmodel, images, labels, folder_bytes(folder), backend_of(spec))
     quantized["path"] = str(folder)
     # only static recipes calibrate activations: elsewhere no observer had any say in the result
     observer_used = spec.activation_observer.value if spec.mode is Mode.STATIC else None

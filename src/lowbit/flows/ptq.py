@@ -45,7 +45,7 @@ from lowbit.observers import (
 from lowbit.recipes import Mode, ObserverKind, Recipe, load_recipe
 from lowbit.functional.affine import qparam_shape
 from lowbit.spec import PerChannel, PerGroup, QuantSpec
-from lowbit.transforms.fold_bn import fold_bn
+from lowbit.transforms.fold_bn import fold_bn, modules_called_once, replace_module
 
 __all__ = ["quantize", "prepare", "QuantizationSummary", "make_observer", "calibrate"]
 
@@ -92,21 +92,12 @@ def _layer_names(model: nn.Module) -> list[str]:
     """
     if not isinstance(model, fx.GraphModule):
         return [name for name, m in model.named_modules() if isinstance(m, _LAYERS)]
-    read = {str(n.target).rpartition(".")[0] for n in model.graph.nodes if n.op == "get_attr"}
-    called = [n.target for n in model.graph.nodes if n.op == "call_module"]
-    once = {t for t in called if called.count(t) == 1}
-    return [t for t in dict.fromkeys(called)
-            if isinstance(model.get_submodule(t), _LAYERS) and t not in read and t in once]
+    return [t for t in modules_called_once(model) if isinstance(model.get_submodule(t), _LAYERS)]
 
 
 def _plans(root: nn.Module, recipe: Recipe) -> dict[str, Any]:
     names = _layer_names(root)
     return {name: recipe.plan(name, first=i == 0, last=i == len(names) - 1) for i, name in enumerate(names)}
-
-
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
 
 
 def _swap_layers(root: nn.Module, recipe: Recipe, summary: QuantizationSummary, wrap_input: bool) -> None:
@@ -129,7 +120,7 @@ def _swap_layers(root: nn.Module, recipe: Recipe, summary: QuantizationSummary, 
         if wrap_input and recipe.mode in (Mode.STATIC, Mode.DYNAMIC):
             quantizer = _activation_quantizer(recipe, plan.activation, f"input of {name}", model_input=i == 0)
             new = nn.Sequential(quantizer, new)
-        _set_module(root, name, new)
+        replace_module(root, name, new)
         summary.quantized[name] = spec.bits
 
 

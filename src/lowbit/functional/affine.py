@@ -29,7 +29,7 @@ from lowbit.functional import _kernels
 from lowbit.functional.ste import masked_ste
 from lowbit.spec import Granularity, PerChannel, PerGroup, PerTensor, QParams, QuantSpec, Rounding, ScaleKind
 
-__all__ = ["choose_qparams", "quantize", "dequantize", "fake_quantize", "reduce_minmax", "qparam_shape"]
+__all__ = ["choose_qparams", "quantize", "dequantize", "fake_quantize", "reduce_minmax", "qparam_shape", "qparam_rows"]
 
 # Smallest normal float32: a non-zero range never yields a zero or subnormal step (x / scale stays finite).
 _MIN_SCALE = torch.finfo(torch.float32).tiny
@@ -104,6 +104,23 @@ def _require_finite(x: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what} contains {bad}; quantization ranges must come from finite data")
 
 
+def qparam_rows(x: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+    """``x`` as ``[P, n]``: one row per qparam set, in the order of the flattened qparams.
+
+    Example:
+        >>> qparam_rows(torch.arange(8.0).reshape(2, 4), PerGroup(axis=0, size=2))
+        tensor([[0., 1.],
+                [2., 3.],
+                [4., 5.],
+                [6., 7.]])
+    """
+    if isinstance(granularity, PerTensor):
+        return x.reshape(1, -1)
+    layout = _Layout(x.shape, granularity)
+    rows = layout.view(x) if isinstance(granularity, PerGroup) else x.movedim(layout.axis, 0)
+    return rows.reshape(math.prod(layout.param_shape), -1)
+
+
 def reduce_minmax(x: torch.Tensor, granularity: Granularity) -> tuple[torch.Tensor, torch.Tensor]:
     """Reduce ``x`` to its ``(lo, hi)`` per granularity, shaped like the qparams (:func:`qparam_shape`).
 
@@ -122,11 +139,10 @@ def reduce_minmax(x: torch.Tensor, granularity: Granularity) -> tuple[torch.Tens
     if isinstance(granularity, PerTensor):
         lo, hi = torch.aminmax(x)
     else:
-        layout = _Layout(x.shape, granularity)
-        rows = layout.view(x) if isinstance(granularity, PerGroup) else x.movedim(layout.axis, 0)
-        rows = rows.reshape(*layout.param_shape, -1)
+        rows = qparam_rows(x, granularity)
+        shape = qparam_shape(x.shape, granularity)
         # two reductions beat torch.aminmax(dim=...) several times over on CPU (torch 2.13)
-        lo, hi = rows.amin(dim=-1), rows.amax(dim=-1)
+        lo, hi = rows.amin(dim=-1).reshape(shape), rows.amax(dim=-1).reshape(shape)
     # NaN propagates through min/max and Inf lands in them, so checking the reduction checks the data.
     _require_finite(lo, "the observed tensor")
     _require_finite(hi, "the observed tensor")

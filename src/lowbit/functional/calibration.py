@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import math
@@ -188,6 +189,11 @@ def aciq_alpha(prior: Prior, bits: int) -> float:
     return (lo + hi) / 2.0
 
 
+def _per_row(spec: QuantSpec) -> QuantSpec:
+    """``spec`` with one qparam set per row and round-to-nearest, for scoring many candidate ranges at once."""
+    return dataclasses.replace(spec, granularity=PerChannel(axis=0), rounding=Rounding.NEAREST)
+
+
 def histogram_mse(pos: torch.Tensor, neg: torch.Tensor, width: float, lo: torch.Tensor, hi: torch.Tensor,
                   spec: QuantSpec) -> torch.Tensor:
     """Quantization MSE of a signed histogram for each candidate range ``[lo[k], hi[k]]``.
@@ -206,10 +212,7 @@ def histogram_mse(pos: torch.Tensor, neg: torch.Tensor, width: float, lo: torch.
     weights = torch.cat([torch.flip(neg.reshape(-1), [0]), pos.reshape(-1)]).to(torch.float64)
     keep = weights > 0
     values, weights = values[keep], weights[keep]
-    channel_spec = QuantSpec(
-        bits=spec.bits, signed=spec.signed, symmetric=spec.symmetric, narrow_range=spec.narrow_range,
-        granularity=PerChannel(axis=0), scale_kind=spec.scale_kind, rounding=Rounding.NEAREST,
-    )
+    channel_spec = _per_row(spec)
     qp: QParams = choose_qparams(lo, hi, channel_spec)
     grid = values.expand(lo.numel(), -1)
     error = dequantize(quantize(grid, qp), qp).to(torch.float64) - grid.to(torch.float64)
@@ -303,10 +306,7 @@ def mse_range_rows(rows: torch.Tensor, spec: QuantSpec, candidates: int = 100) -
         lo, hi = -reach, reach
     else:
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
-    channel_spec = QuantSpec(
-        bits=spec.bits, signed=spec.signed, symmetric=spec.symmetric, narrow_range=spec.narrow_range,
-        granularity=PerChannel(axis=0), scale_kind=spec.scale_kind, rounding=Rounding.NEAREST,
-    )
+    channel_spec = _per_row(spec)
     best_err = torch.full_like(lo, math.inf)
     best_lo, best_hi = lo.clone(), hi.clone()
     for k in range(1, candidates + 1):

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lowbit.functional.affine import choose_qparams, dequantize, qparam_shape, quantize, reduce_minmax
+from lowbit.functional.affine import choose_qparams, dequantize, qparam_rows, qparam_shape, quantize, reduce_minmax
 from lowbit.functional.calibration import mse_range_rows
-from lowbit.spec import PerChannel, PerGroup, PerTensor, QParams, QuantSpec
+from lowbit.spec import QParams, QuantSpec
 
 __all__ = ["WeightObserver", "quantize_weight", "QuantLinear", "QuantConv"]
 
@@ -48,25 +48,12 @@ def quantize_weight(weight: torch.Tensor, spec: QuantSpec, observer: WeightObser
     """
     w = weight.detach().to(torch.float32)
     if observer is WeightObserver.MSE:
-        rows = _rows(w, spec)
-        lo, hi = mse_range_rows(rows, spec)
+        lo, hi = mse_range_rows(qparam_rows(w, spec.granularity), spec)
         shape = qparam_shape(w.shape, spec.granularity)
         qp = choose_qparams(lo.reshape(shape), hi.reshape(shape), spec)
     else:
         qp = choose_qparams(*reduce_minmax(w, spec.granularity), spec)
     return quantize(w, qp), qp
-
-
-def _rows(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """One row per qparam set, in the qparams' order."""
-    g = spec.granularity
-    if isinstance(g, PerTensor):
-        return w.reshape(1, -1)
-    moved = w.movedim(g.axis, 0)
-    if isinstance(g, PerChannel):
-        return moved.reshape(moved.shape[0], -1)
-    assert isinstance(g, PerGroup)
-    return moved.reshape(-1, g.size)
 
 
 class _QuantWeightMixin(nn.Module):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.functional.affine import choose_qparams, qparam_shape, reduce_minmax
+from lowbit.functional.affine import choose_qparams, qparam_rows, qparam_shape, reduce_minmax
 from lowbit.spec import PerChannel, PerGroup, PerTensor, QParams, QuantSpec
 
 __all__ = ["Observer"]
@@ -117,9 +117,7 @@ class Observer(nn.Module):
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` as ``[channels, n]``: one row per qparam set (per-tensor is a single row)."""
-        if isinstance(self.spec.granularity, PerChannel):
-            return x.movedim(self.spec.granularity.axis, 0).reshape(x.shape[self.spec.granularity.axis], -1)
-        return x.reshape(1, -1)
+        return qparam_rows(x, self.spec.granularity)
 
     def get_extra_state(self) -> dict[str, str]:
         """The spec travels with the statistics, so they are never read under another grid."""

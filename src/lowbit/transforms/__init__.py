@@ -6,6 +6,6 @@ Example:
     True
 """
 
-from lowbit.transforms.fold_bn import fold_bn, fold_bn_into
+from lowbit.transforms.fold_bn import fold_bn, fold_bn_into, modules_called_once, replace_module
 
-__all__ = ["fold_bn", "fold_bn_into"]
+__all__ = ["fold_bn", "fold_bn_into", "modules_called_once", "replace_module"]

@@ -20,11 +20,12 @@ Example:
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import torch
 from torch import fx, nn
 
-__all__ = ["fold_bn", "fold_bn_into"]
+__all__ = ["fold_bn", "fold_bn_into", "modules_called_once", "replace_module"]
 
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -66,8 +67,7 @@ def fold_bn(model: nn.Module) -> fx.GraphModule:
     gm = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
     gm = copy.deepcopy(gm)
     modules = dict(gm.named_modules())
-    calls = [n.target for n in gm.graph.nodes if n.op == "call_module"]
-    read = {str(n.target).rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
+    once = set(modules_called_once(gm))
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not isinstance(modules.get(node.target), _BN):
             continue
@@ -76,11 +76,9 @@ def fold_bn(model: nn.Module) -> fx.GraphModule:
             continue
         layer = modules.get(producer.target)
         # fold only a layer called once, whose output feeds nothing else and whose weight nobody else reads
-        if not isinstance(layer, _FOLDABLE) or len(producer.users) != 1 or calls.count(producer.target) != 1:
+        if not isinstance(layer, _FOLDABLE) or len(producer.users) != 1 or producer.target not in once:
             continue
-        if producer.target in read:
-            continue
-        _replace_module(gm, producer.target, fold_bn_into(layer, modules[node.target]))
+        replace_module(gm, producer.target, fold_bn_into(layer, modules[node.target]))
         node.replace_all_uses_with(producer)
         gm.graph.erase_node(node)
     gm.graph.lint()
@@ -89,7 +87,15 @@ def fold_bn(model: nn.Module) -> fx.GraphModule:
     return gm
 
 
-def _replace_module(gm: fx.GraphModule, target: str, new: nn.Module) -> None:
-    parent_name, _, child = target.rpartition(".")
-    parent = gm.get_submodule(parent_name) if parent_name else gm
-    setattr(parent, child, new)
+def modules_called_once(gm: fx.GraphModule) -> list[str]:
+    """Targets of ``call_module`` nodes called exactly once and whose parameters no ``get_attr`` reads, in first-use
+    order: the modules a transform may replace without changing another use of them."""
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    read = {str(n.target).rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
+    return [t for t, count in calls.items() if count == 1 and t not in read]
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` at the dotted ``name`` inside ``root``."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
