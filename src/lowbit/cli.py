@@ -83,43 +83,65 @@ def evaluate(
     model: str = typer.Option(..., help="a folder written by `lowbit quantize`, or zoo:NAME for the fp32 model"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
 ) -> None:
-    """Evaluate a saved quantized model (or a zoo model) on the Fashion-MNIST test set."""
+    """Evaluate a saved quantized model (or a zoo model): Fashion-MNIST accuracy, or embedding agreement for minilm."""
     from lowbit.analysis import fp32_bytes
-    from lowbit.jobs import backend_of, load_model, measure
+    from lowbit.jobs import backend_of, evaluation_for, load_model
     from lowbit.serialize import folder_bytes, load_quantized
-    from lowbit.zoo.data import fashion_mnist
 
     try:
         if model.startswith("zoo:"):
             net = load_model(model)
-            size, backend = fp32_bytes(net), "pytorch-fp32"
+            size, backend, source = fp32_bytes(net), "pytorch-fp32", model
         else:
             net = load_quantized(model)
-            size, backend = folder_bytes(model), backend_of(net.lowbit_recipe)
+            size, backend, source = folder_bytes(model), backend_of(net.lowbit_recipe), net.lowbit_source
+        result = {"model": model, **evaluation_for(source, net if source == model else None).measure(net, size, backend)}
     except (ValueError, FileNotFoundError) as error:
         _fail(str(error))
-    images, labels = fashion_mnist("test").tensors
-    result = {"model": model, **measure(net, images, labels, size, backend)}
     typer.echo(json.dumps(result) if as_json else "  ".join(f"{k}={v}" for k, v in result.items()))
 
 
-def _print_results(results: list[dict[str, Any]]) -> None:
-    table = Table(title=None)
-    for column in ("model", "method", "accuracy %", "Δ points", "bytes", "× smaller", "latency ms", "backend"):
-        table.add_column(column, justify="left" if column in ("model", "method", "backend") else "right")
-    seen: set[str] = set()
+def _score(side: dict[str, Any]) -> str:
+    """The quality figure of one side: accuracy for classifiers; Spearman and cosine for text models."""
+    if "accuracy" in side:
+        return f"{side['accuracy']:.2f}%"
+    return f"ρ {side['spearman']:.4f}, cos {side['cosine']:.4f}"
+
+
+def _delta(fp32: dict[str, Any], q: dict[str, Any]) -> str:
+    key = "accuracy" if "accuracy" in q else "spearman"
+    return f"{q[key] - fp32[key]:+.2f}" if key == "accuracy" else f"{q[key] - fp32[key]:+.4f}"
+
+
+def _rows(results: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """model, method, score, Δ, bytes, × smaller, latency, backend — fp32 once per model, then each method."""
+    rows, seen = [], set()
     for r in results:
         fp32, q = r["fp32"], r["quantized"]
         if r["model"] not in seen:
             seen.add(r["model"])
-            table.add_row(r["model"], "fp32", f"{fp32['accuracy']:.2f}", "", f"{fp32['bytes']:,}", "1.0",
-                          f"{fp32['latency_ms']:.2f}", fp32["backend"])
-        table.add_row("", _method(r), f"{q['accuracy']:.2f}", f"{q['accuracy'] - fp32['accuracy']:+.2f}",
-                      f"{q['bytes']:,}", f"{fp32['bytes'] / q['bytes']:.1f}", f"{q['latency_ms']:.2f}", q["backend"])
+            rows.append((r["model"], "fp32", _score(fp32), "", f"{fp32['bytes']:,}", "1.0",
+                         f"{fp32['latency_ms']:.2f}", fp32["backend"]))
+        rows.append(("", _method(r), _score(q), _delta(fp32, q), f"{q['bytes']:,}",
+                     f"{fp32['bytes'] / q['bytes']:.1f}", f"{q['latency_ms']:.2f}", q["backend"]))
+    return rows
+
+
+_COLUMNS = ("model", "method", "score", "Δ", "bytes", "× smaller", "latency ms", "backend")
+_NOTE = ("score: test accuracy; for text models ρ = Spearman with human similarities and cos = mean cosine to "
+         "fp32 embeddings. Latency: median of one batch of 32; 'simulation' runs fake quantization in float and is "
+         "not a speed result (the integer engine and ONNX Runtime arrive with issue #4).")
+
+
+def _print_results(results: list[dict[str, Any]]) -> None:
+    table = Table(title=None)
+    for column in _COLUMNS:
+        table.add_column(column, justify="left" if column in ("model", "method", "backend") else "right")
+    for row in _rows(results):
+        table.add_row(*row)
     wide = Console(width=max(Console().width, 112))
     wide.print(table)
-    wide.print("latency: median of one batch of 32; 'simulation' runs fake quantization in float and is not a "
-                    "speed result (the integer engine and ONNX Runtime arrive with issue #4)", markup=False)
+    wide.print(_NOTE, markup=False)
 
 
 DEMO_MODELS = ("zoo:lenet5", "zoo:resnet20", "zoo:mobilenetv2")
@@ -162,17 +184,10 @@ def _method(result: dict[str, Any]) -> str:
 
 
 def _markdown(results: list[dict[str, Any]]) -> str:
-    lines = ["# lowbit demo: post-training quantization on Fashion-MNIST", "",
-             "| model | method | accuracy % | Δ points | bytes | × smaller | latency ms | backend |",
+    lines = ["# lowbit demo: post-training quantization", "", "| " + " | ".join(_COLUMNS) + " |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
-    for r in results:
-        fp32, q = r["fp32"], r["quantized"]
-        lines.append(f"| {r['model']} | {_method(r)} | {q['accuracy']:.2f} | "
-                     f"{q['accuracy'] - fp32['accuracy']:+.2f} | {q['bytes']:,} | {fp32['bytes'] / q['bytes']:.1f} | "
-                     f"{q['latency_ms']:.2f} | {q['backend']} |")
-    lines += ["", "fp32: " + ", ".join(sorted({f"{r['model']} {r['fp32']['accuracy']:.2f}%" for r in results})),
-              "", "Latency from 'simulation' is fake quantization in float: not a speed result."]
-    return "\n".join(lines) + "\n"
+    lines += ["| " + " | ".join(row) + " |" for row in _rows(results)]
+    return "\n".join(lines + ["", _NOTE]) + "\n"
 
 
 @app.command()

@@ -1,8 +1,9 @@
 """The main job, shared by the CLI, ``make demo`` and the benchmarks: quantize a model, measure both sides.
 
 :func:`run_ptq` loads a model (``zoo:NAME`` with its shipped weights, or ``file.py:factory`` with ``weights``),
-draws a seeded calibration subset of the Fashion-MNIST training set, quantizes, saves, and measures fp32 and
-quantized accuracy on the test set, bytes on disk and latency — saying which backend produced the latency.
+draws a seeded calibration subset (Fashion-MNIST training images; standard-library sentences for ``zoo:minilm``),
+quantizes, saves, and measures both sides — accuracy on the test set (embedding agreement for ``minilm``), bytes
+on disk and latency, saying which backend produced the latency.
 
 Example:
     >>> import tempfile
@@ -27,7 +28,8 @@ from lowbit.flows.ptq import quantize
 from lowbit.recipes import Mode, ObserverKind, Recipe, load_recipe
 from lowbit.serialize import build_from_source, folder_bytes, save_quantized
 
-__all__ = ["load_model", "run_ptq", "calibration_batches", "backend_of", "measure"]
+__all__ = ["load_model", "run_ptq", "calibration_batches", "backend_of", "measure", "evaluation_for",
+           "ImageEvaluation", "TextEvaluation"]
 
 # Latency is measured on one batch of this size: per-sample cost at a realistic serving batch.
 LATENCY_BATCH = 32
@@ -81,6 +83,85 @@ def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, size: 
     }
 
 
+class ImageEvaluation:
+    """Fashion-MNIST classifiers: calibrate on a seeded training subset, score top-1 accuracy on the test set."""
+
+    def __init__(self, eval_samples: int | None = None) -> None:
+        from lowbit.zoo.data import fashion_mnist
+
+        self.images, self.labels = fashion_mnist("test").tensors
+        if eval_samples is not None:
+            self.images, self.labels = self.images[:eval_samples], self.labels[:eval_samples]
+
+    def calibration(self, count: int) -> list[torch.Tensor]:
+        return calibration_batches(count)
+
+    def measure(self, model: nn.Module, size: int, backend: str) -> dict[str, Any]:
+        try:
+            return measure(model, self.images, self.labels, size, backend)
+        except RuntimeError as err:  # torch reports wrong input shapes as RuntimeError
+            raise ValueError(f"the model cannot run on Fashion-MNIST test inputs of shape "
+                             f"{tuple(self.images.shape[1:])}: {err}") from err
+
+
+# Sentences held out of calibration to score text models (with the 50 Lee documents).
+TEXT_EVAL_SENTENCES = 256
+
+
+class TextEvaluation:
+    """Sentence-embedding models (``minilm``): calibrate on standard-library sentences; score the mean cosine to
+    the fp32 embeddings (the Lee documents plus held-out sentences) and the Spearman correlation of the Lee
+    documents' similarities with the human judgements.
+    """
+
+    def __init__(self, reference: nn.Module, eval_samples: int | None = None, seed: int = 0) -> None:
+        from lowbit.zoo.text import lee_documents, lee_similarities, stdlib_sentences
+
+        pool = stdlib_sentences(100_000)  # every sentence there is, in a fixed order
+        order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed)).tolist()
+        self.pool = [pool[i] for i in order]
+        held_out = self.pool[-min(eval_samples or TEXT_EVAL_SENTENCES, TEXT_EVAL_SENTENCES):]
+        self.reference, self.documents, self.human = reference, lee_documents(), lee_similarities()
+        self.texts = self.documents + held_out
+        self._reference_embeddings: torch.Tensor | None = None
+
+    def calibration(self, count: int) -> list[dict[str, torch.Tensor]]:
+        available = len(self.pool) - TEXT_EVAL_SENTENCES
+        if not 1 <= count <= available:
+            raise ValueError(f"calib must be 1..{available} sentences for a text model, got {count}")
+        chosen = self.pool[:count]
+        return [self.reference.tokenize(chosen[i : i + 32]) for i in range(0, count, 32)]
+
+    def measure(self, model: nn.Module, size: int, backend: str) -> dict[str, Any]:
+        from lowbit.analysis.evaluation import mean_cosine, similarity_spearman
+        from lowbit.zoo.minilm import encode
+
+        if self._reference_embeddings is None:
+            self._reference_embeddings = encode(self.reference, self.texts)
+        embeddings = encode(model, self.texts, tokenizer_from=self.reference)
+        example = self.reference.tokenize(self.documents[:LATENCY_BATCH])
+        return {
+            "cosine": round(mean_cosine(self._reference_embeddings, embeddings), 5),
+            "spearman": round(similarity_spearman(embeddings[: len(self.documents)], self.human), 4),
+            "bytes": size,
+            # a batch of 32 documents takes about a second: fewer repeats than for the small image models
+            "latency_ms": round(latency_ms(model, example, repeats=5, warmup=1), 3),
+            "backend": backend,
+        }
+
+
+def evaluation_for(source: str, fp32_model: nn.Module | None = None, eval_samples: int | None = None,
+                   ) -> ImageEvaluation | TextEvaluation:
+    """How to calibrate and score the model from ``source``: text models (``zoo:minilm``) by embedding
+    agreement with ``fp32_model`` (rebuilt from the zoo when not given), everything else by Fashion-MNIST
+    accuracy."""
+    from lowbit.zoo.registry import TEXT_MODELS, architecture
+
+    if source.startswith("zoo:") and source[4:] in TEXT_MODELS:
+        return TextEvaluation(fp32_model if fp32_model is not None else architecture(source[4:]), eval_samples)
+    return ImageEvaluation(eval_samples)
+
+
 # What actually runs: fp16/bf16 recipes execute in that dtype in PyTorch; integer recipes are simulated in float.
 _BACKENDS = {Mode.FP16: "pytorch-fp16", Mode.BF16: "pytorch-bf16"}
 
@@ -101,29 +182,22 @@ def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path 
     Returns:
         ``{"model", "recipe", "observer", "fp32": {...}, "quantized": {...}}`` (``observer`` is null unless the
         recipe is static: only static recipes calibrate activations); each side holds ``accuracy``
-        (Fashion-MNIST test, %), ``bytes`` (file size of the saved model), ``latency_ms`` (median of one batch of
+        (Fashion-MNIST test, %; for ``zoo:minilm`` instead ``cosine``, the mean cosine between fp32 and quantized
+        sentence embeddings, and ``spearman`` on the Lee similarities — see :class:`TextEvaluation`), ``bytes`` (file size of the saved model), ``latency_ms`` (median of one batch of
         32) and ``backend`` (what ran: ``pytorch-fp32`` for the baseline; ``pytorch-fp16``/``pytorch-bf16`` for
         float recipes, which really run in that dtype; ``simulation`` for integer recipes — fake quantization in
         float, not a speed result).
     """
-    from lowbit.zoo.data import fashion_mnist
-
     spec = load_recipe(recipe)
     if observer is not None:
-        spec = dataclasses.replace(spec, activation_observer=ObserverKind(observer), name=f"{spec.name}")
+        spec = dataclasses.replace(spec, activation_observer=ObserverKind(observer))
     float_model = load_model(model, weights)
-    images, labels = fashion_mnist("test").tensors
-    if eval_samples is not None:
-        images, labels = images[:eval_samples], labels[:eval_samples]
+    evaluation = evaluation_for(model, float_model, eval_samples)
     if fp32 is None:
-        try:
-            fp32 = measure(float_model, images, labels, fp32_bytes(float_model), "pytorch-fp32")
-        except RuntimeError as err:  # torch reports wrong input shapes as RuntimeError
-            raise ValueError(f"{model} cannot run on Fashion-MNIST test inputs of shape "
-                             f"{tuple(images.shape[1:])}: {err}") from err
-    qmodel = quantize(float_model, spec, calibration=calibration_batches(calib), progress=progress)
+        fp32 = evaluation.measure(float_model, fp32_bytes(float_model), "pytorch-fp32")
+    qmodel = quantize(float_model, spec, calibration=evaluation.calibration(calib), progress=progress)
     folder = save_quantized(qmodel, out, source=model)
-    quantized = measure(qmodel, images, labels, folder_bytes(folder), backend_of(spec))
+    quantized = evaluation.measure(qmodel, folder_bytes(folder), backend_of(spec))
     quantized["path"] = str(folder)
     # only static recipes calibrate activations: elsewhere no observer had any say in the result
     observer_used = spec.activation_observer.value if spec.mode is Mode.STATIC else None

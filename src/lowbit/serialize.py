@@ -47,9 +47,9 @@ def build_from_source(source: str) -> nn.Module:
         ValueError: a source of another form, a missing file, or a factory that is not there.
     """
     if source.startswith("zoo:"):
-        from lowbit.zoo.models import build
+        from lowbit.zoo.registry import architecture
 
-        return build(source[4:])
+        return architecture(source[4:])
     path, sep, factory = source.rpartition(":")
     if not sep or not path.endswith(".py"):
         raise ValueError(f"model source must be 'zoo:NAME' or 'path/to/file.py:factory', got {source!r}")
@@ -153,6 +153,7 @@ def load_quantized(folder: str | Path, model: nn.Module | None = None) -> nn.Mod
         raise ValueError(f"{folder / _WEIGHTS} does not match the model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, shape mismatch {wrong[:5]}")
     structure.load_state_dict(state, strict=False)
+    structure.lowbit_source = meta["source"]  # where the architecture came from: decides how it is evaluated
     return structure
 
 

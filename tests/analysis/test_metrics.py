@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from lowbit.analysis import cosine, max_abs_error, mse, sqnr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lowbit.analysis import cosine, max_abs_error, mse, spearman, sqnr
 
 
 def test_sqnr_against_numpy_formula():
@@ -34,3 +37,26 @@ def test_edge_cases():
     assert max_abs_error(x, torch.tensor([1.0, -2.0])) == 4.0
     with pytest.raises(ValueError, match="shapes differ"):
         sqnr(x, torch.zeros(3))
+
+
+@settings(deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(-3, 3)), min_size=3, max_size=60))
+def test_spearman_equals_scipy_with_ties(pairs):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    x = torch.tensor([float(a) for a, _ in pairs])
+    y = torch.tensor([float(b) for _, b in pairs])
+    if len(set(x.tolist())) < 2 or len(set(y.tolist())) < 2:
+        with pytest.raises(ValueError, match="constant"):
+            spearman(x, y)
+        return
+    assert spearman(x, y) == pytest.approx(scipy_stats.spearmanr(x.numpy(), y.numpy()).statistic, abs=1e-12)
+
+
+def test_spearman_is_one_for_a_monotone_map_and_rejects_bad_input():
+    x = torch.randn(50, dtype=torch.float64)
+    assert spearman(x, x.exp()) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="shapes differ"):
+        spearman(x, x[:3])
+    with pytest.raises(ValueError, match="at least two"):
+        spearman(x[:1], x[:1])

@@ -3,11 +3,11 @@ import torch
 from safetensors.torch import save_file
 
 from lowbit import zoo
-from lowbit.zoo.models import build
+from lowbit.zoo.models import MODEL_NAMES, build
 from lowbit.zoo.train import evaluate, main
 
 
-@pytest.mark.parametrize("name", zoo.available())
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_shipped_weights_reproduce_the_card_accuracy(name):
     entry = zoo.load(name)
     assert not entry.model.training
@@ -44,3 +44,16 @@ def test_training_is_reproducible_under_a_seed(tmp_path):
 
     first, second = load_file(str(tmp_path / "a" / "mlp.safetensors")), load_file(str(tmp_path / "b" / "mlp.safetensors"))
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_minilm_entry_has_text_data_and_its_card_reproduces():
+    pytest.importorskip("transformers")
+    from lowbit.analysis import similarity_spearman
+
+    entry = zoo.load("minilm")
+    assert "minilm" in zoo.available() and not entry.model.training
+    assert len(entry.train) == 200 and {label for _, label in entry.train} == {0, 1}
+    texts = [text for text, _ in entry.test]
+    assert len(texts) == 50 and [label for _, label in entry.test] == list(range(50))
+    measured = similarity_spearman(zoo.encode(entry.model, texts), zoo.lee_similarities())
+    assert measured == pytest.approx(entry.card["spearman"], abs=1e-4)

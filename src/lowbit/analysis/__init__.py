@@ -6,8 +6,8 @@ Example:
     1.0
 """
 
-from lowbit.analysis.evaluation import accuracy, fp32_bytes, latency_ms
-from lowbit.analysis.metrics import cosine, max_abs_error, mse, sqnr
+from lowbit.analysis.evaluation import accuracy, fp32_bytes, latency_ms, mean_cosine, similarity_spearman
+from lowbit.analysis.metrics import cosine, max_abs_error, mse, spearman, sqnr
 from lowbit.analysis.weight_error import WeightSQNR, granularity_label, weight_sqnr_table
 
 __all__ = [
@@ -15,10 +15,13 @@ __all__ = [
     "mse",
     "cosine",
     "max_abs_error",
+    "spearman",
     "WeightSQNR",
     "weight_sqnr_table",
     "granularity_label",
     "accuracy",
     "latency_ms",
     "fp32_bytes",
+    "mean_cosine",
+    "similarity_spearman",
 ]

@@ -1,4 +1,4 @@
-"""Measure a model without changing it: top-1 accuracy, latency, and the bytes of its weights on disk.
+"""Measure a model without changing it: top-1 accuracy, embedding agreement, latency, and bytes on disk.
 
 Example:
     >>> import torch
@@ -20,7 +20,19 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-__all__ = ["accuracy", "latency_ms", "fp32_bytes"]
+__all__ = ["accuracy", "latency_ms", "fp32_bytes", "mean_cosine", "similarity_spearman", "call"]
+
+# A model input as lowbit's flows accept it: one tensor, a tuple of positional inputs, or a dict of keyword inputs.
+Batch = torch.Tensor | tuple | dict
+
+
+def call(model: nn.Module, batch: Batch):
+    """``model(batch)``, ``model(*batch)`` or ``model(**batch)`` according to the batch's form."""
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, tuple):
+        return model(*batch)
+    return model(batch)
 
 
 @torch.no_grad()
@@ -40,15 +52,15 @@ def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time of ``model(example)`` in milliseconds, after ``warmup`` calls."""
+def latency_ms(model: nn.Module, example: Batch, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of one call on ``example`` (a tensor, tuple or dict batch) in milliseconds, after warm-up."""
     model.eval()
     for _ in range(warmup):
-        model(example)
+        call(model, example)
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model(example)
+        call(model, example)
         samples.append(time.perf_counter() - start)
     return 1000.0 * statistics.median(samples)
 
@@ -59,3 +71,36 @@ def fp32_bytes(model: nn.Module) -> int:
         path = Path(folder) / "model.safetensors"
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
         return path.stat().st_size
+
+
+def mean_cosine(reference: torch.Tensor, approximation: torch.Tensor) -> float:
+    """Mean over rows of the cosine similarity between two ``[N, D]`` embedding matrices (float64).
+
+    Example:
+        >>> mean_cosine(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+        0.853553...
+    """
+    if reference.shape != approximation.shape or reference.dim() != 2:
+        raise ValueError(f"mean_cosine needs two [N, D] matrices of one shape, got {tuple(reference.shape)} "
+                         f"and {tuple(approximation.shape)}")
+    a, b = reference.detach().double(), approximation.detach().double()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=1).mean())
+
+
+def similarity_spearman(embeddings: torch.Tensor, human: torch.Tensor) -> float:
+    """Spearman correlation between the pairwise cosine similarities of ``embeddings`` ``[N, D]`` and a human
+    ``[N, N]`` similarity matrix, over the N·(N−1)/2 distinct pairs (the diagonal says nothing).
+
+    Example:
+        >>> e = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+        >>> similarity_spearman(e, torch.tensor([[1.0, 0.8, 0.1], [0.8, 1.0, 0.3], [0.1, 0.3, 1.0]]))
+        1.0
+    """
+    from lowbit.analysis.metrics import spearman
+
+    n = len(embeddings)
+    if human.shape != (n, n):
+        raise ValueError(f"human similarities must be [{n}, {n}] for {n} embeddings, got {tuple(human.shape)}")
+    unit = torch.nn.functional.normalize(embeddings.detach().double(), dim=1)
+    rows, cols = torch.triu_indices(n, n, offset=1)
+    return spearman((unit @ unit.T)[rows, cols], human.double()[rows, cols])

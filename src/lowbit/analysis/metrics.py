@@ -15,7 +15,7 @@ import math
 
 import torch
 
-__all__ = ["sqnr", "mse", "cosine", "max_abs_error"]
+__all__ = ["sqnr", "mse", "cosine", "max_abs_error", "spearman"]
 
 
 def _pair(x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,3 +74,35 @@ def max_abs_error(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     """
     a, b = _pair(x, x_hat)
     return float((a - b).abs().max())
+
+
+def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..n of ``x``, ties sharing the mean of the ranks they span (the usual convention for Spearman)."""
+    order = torch.argsort(x, stable=True)
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(1, len(x) + 1, dtype=x.dtype)
+    _, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)
+    # every member of a tie group gets the group's mean rank
+    sums = torch.zeros(len(counts), dtype=x.dtype).index_add_(0, inverse, ranks)
+    return (sums / counts.to(x.dtype))[inverse]
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman's rank correlation of the flattened tensors (Pearson correlation of their tie-averaged ranks).
+
+    Raises:
+        ValueError: different shapes, fewer than two elements, or a constant input (the correlation is undefined).
+
+    Example:
+        >>> spearman(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([10.0, 20.0, 20.0, 40.0]))
+        0.9486832980505138
+    """
+    a, b = _pair(x, y)
+    if a.numel() < 2:
+        raise ValueError(f"spearman needs at least two elements, got {a.numel()}")
+    ra, rb = _average_ranks(a), _average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = float(ra.norm() * rb.norm())
+    if denominator == 0.0:
+        raise ValueError("spearman is undefined for a constant input")
+    return float(ra @ rb) / denominator

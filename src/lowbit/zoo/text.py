@@ -16,11 +16,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import warnings
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 
-__all__ = ["lee_documents", "lee_similarities", "polarity_sentences", "stdlib_sentences", "TextDataNotFound"]
+__all__ = ["TextDataset", "lee_documents", "lee_similarities", "polarity_sentences", "stdlib_sentences", "TextDataNotFound"]
 
 # Modules whose docstrings give the sentences: fixed, so the set is the same on every machine with Python 3.11.
 _STDLIB_MODULES = ("json", "collections", "pathlib", "itertools", "functools", "re", "os", "subprocess", "argparse",
@@ -29,6 +31,27 @@ _STDLIB_MODULES = ("json", "collections", "pathlib", "itertools", "functools", "
                    "sqlite3", "zipfile", "tarfile", "gzip", "hashlib", "hmac", "secrets", "uuid", "socket", "ssl",
                    "http.client", "urllib.parse", "email.message", "xml.etree.ElementTree", "unittest", "doctest",
                    "pdb", "inspect", "ast", "dis", "threading", "multiprocessing", "asyncio", "queue", "sched")
+
+
+class TextDataset(Dataset):
+    """Sentences with integer labels as a torch Dataset yielding ``(text, label)``.
+
+    Example:
+        >>> data = TextDataset(["good film", "dull plot"], [1, 0])
+        >>> len(data), data[1]
+        (2, ('dull plot', 0))
+    """
+
+    def __init__(self, texts: list[str], labels: list[int]) -> None:
+        if len(texts) != len(labels):
+            raise ValueError(f"TextDataset needs one label per text, got {len(texts)} texts and {len(labels)} labels")
+        self.texts, self.labels = list(texts), list(labels)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int) -> tuple[str, int]:
+        return self.texts[index], self.labels[index]
 
 
 class TextDataNotFound(FileNotFoundError):
@@ -82,6 +105,13 @@ def stdlib_sentences(count: int = 512) -> list[str]:
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     seen: dict[str, None] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # typing.io / typing.re warn when their docs are read
+        _collect(seen, count)
+    return list(seen)
+
+
+def _collect(seen: dict[str, None], count: int) -> None:
     for name in _STDLIB_MODULES:
         module = importlib.import_module(name)
         docs = [inspect.getdoc(module) or ""]
@@ -94,5 +124,4 @@ def stdlib_sentences(count: int = 512) -> list[str]:
                 if 5 <= len(words) <= 60 and sentence[0].isupper() and not any(c in sentence for c in "{}<>|"):
                     seen.setdefault(sentence, None)
                     if len(seen) >= count:
-                        return list(seen)
-    return list(seen)
+                        return
