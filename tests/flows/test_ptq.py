@@ -37,6 +37,20 @@ def test_user_model_is_untouched_and_result_is_close():
     assert sum(isinstance(m, QuantLinear) for m in q.modules()) == 2
 
 
+def test_inplace_shares_the_users_layers_instead_of_copying_them():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.Linear(32, 8)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # LayerNorm stays float, as warned
+        copied = lowbit.quantize(model, "w8", progress=False)
+        shared = lowbit.quantize(model, "w8", progress=False, inplace=True)
+    copied_norm = [m for m in copied.modules() if isinstance(m, nn.LayerNorm)][0]
+    shared_norm = [m for m in shared.modules() if isinstance(m, nn.LayerNorm)][0]
+    assert copied_norm is not model[1] and shared_norm is model[1]  # no second copy of the float weights
+    x = torch.randn(4, 16)
+    assert torch.equal(copied(x), shared(x))
+
+
 def test_static_graph_of_resnet20_folds_bn_fuses_relu_and_quantizes_joins():
     model = build("resnet20").eval()
     q = lowbit.quantize(model, "w8a8", calibration=[torch.randn(4, 1, 28, 28)], progress=False)

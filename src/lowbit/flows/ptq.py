@@ -266,7 +266,7 @@ def prepare(model: nn.Module, recipe: str | Recipe = "w8a8", *, inplace: bool = 
         result.lowbit_recipe = recipe  # type: ignore[assignment]
         return result
     try:
-        result = fold_bn(work)
+        result = fold_bn(work, inplace=True)  # work is already ours (a copy, or the user's with inplace=True)
         graph = True
     except Exception as err:  # torch.fx raises many kinds of errors on untraceable code
         warnings.warn(

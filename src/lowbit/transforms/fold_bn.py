@@ -55,17 +55,22 @@ def fold_bn_into(layer: nn.Module, bn: nn.Module) -> nn.Module:
     return folded
 
 
-def fold_bn(model: nn.Module) -> fx.GraphModule:
+def fold_bn(model: nn.Module, *, inplace: bool = False) -> fx.GraphModule:
     """A traced copy of ``model`` with every conv/linear → BatchNorm pair folded (the input model is untouched).
 
     A BN is folded only when its input is a conv/linear module called once, whose output feeds nothing else and
     whose parameters the graph does not read directly; other BNs stay.
 
+    Args:
+        inplace: skip the deep copy: the result shares the unchanged layers (and their weights) with ``model``,
+            so no second copy of the weights is made; ``model`` must not be used afterwards.
+
     Raises:
         torch.fx.proxy.TraceError: if ``model`` cannot be traced symbolically.
     """
     gm = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
-    gm = copy.deepcopy(gm)
+    if not inplace:
+        gm = copy.deepcopy(gm)
     modules = dict(gm.named_modules())
     once = set(modules_called_once(gm))
     for node in list(gm.graph.nodes):
