@@ -7,7 +7,7 @@ EXTRAS := dev,nlp,peers
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 
-.PHONY: demo test bench clean-venv data
+.PHONY: demo test bench peers clean-venv data
 
 # Re-runs only when the dependency list changes; the package itself is installed editable.
 $(STAMP): pyproject.toml constraints.txt
@@ -31,10 +31,21 @@ test: $(STAMP) data
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-bench: $(STAMP)
+bench: $(STAMP) data peers
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/observer_cost.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/weight_sqnr.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/calibration_cost.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/ptq_accuracy.py
+
+# Peer quantizers (torchao, NNCF) live in their own environment with the same torch pin; only benchmarks use it.
+PEERS_VENV := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.peers-installed
+peers: $(PEERS_STAMP)
+$(PEERS_STAMP): pyproject.toml constraints.txt
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PEERS_VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints.txt -e . torchao==0.18.0 nncf==3.4.0
+	touch $(PEERS_STAMP)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -41,7 +41,8 @@ from lowbit.zoo.data import fashion_mnist
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
-PEER_SCRIPTS = ("torchao_ptq.py", "nncf_ptq.py")
+# each peer run: (script in benchmarks/peers, extra arguments)
+PEER_RUNS = (("torchao_ptq.py", ()), ("nncf_ptq.py", ()), ("nncf_ptq.py", ("--preset", "mixed")))
 CALIB = 512
 # (recipe, observer): lowbit's methods in the table; W8A8 static per-channel is the one compared with the peers
 LOWBIT_METHODS = (("w8a8", "minmax"), ("w8a8", "entropy"), ("w8a8", "mse"), ("w8a8", "percentile"),
@@ -170,21 +171,20 @@ def peer_rows(models: list[str], workdir: Path) -> tuple[list[dict], list[str]]:
     if not PEERS_PYTHON.exists():
         return [], [f"torchao/NNCF skipped: {PEERS_PYTHON} is missing (build it with `make peers`)"]
     rows, notes = [], []
-    for script in PEER_SCRIPTS:
+    for script, extra in PEER_RUNS:
         path = Path(__file__).parent / "peers" / script
-        if not path.is_file():
-            continue
-        out = workdir / f"{path.stem}.json"
+        out = workdir / f"{path.stem}{'-'.join(('',) + extra)}.json"
         done = subprocess.run([str(PEERS_PYTHON), str(path), "--models", ",".join(models), "--calib", str(CALIB),
-                               "--out", str(out)], cwd=ROOT)
+                               "--out", str(out), *extra], cwd=ROOT)
         if done.returncode != 0:
-            notes.append(f"{script} failed (exit {done.returncode}); see its stderr above")
+            notes.append(f"{script} {' '.join(extra)} failed (exit {done.returncode}); see its stderr")
             continue
         report = json.loads(out.read_text())
         for r in report["results"]:
             rows.append({"model": r["model"], "library": f"{report['peer']} {report['version']}",
-                         "method": report["config"], "fp32": r["fp32"], "accuracy": r["w8a8"],
-                         "seconds": r.get("seconds")})
+                         "method": report["label"], "config": report["config"], "fp32": r["fp32"],
+                         "accuracy": r["w8a8"],
+                         "seconds": r.get("seconds"), "correct": np.array([c == "1" for c in r["correct"]])})
     return rows, notes
 
 
