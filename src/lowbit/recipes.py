@@ -12,7 +12,7 @@ Example:
     >>> Recipe.from_dict({"mode": "static", "wieght": {"bits": 4}})
     Traceback (most recent call last):
     ...
-    ValueError: recipe: unknown key 'wieght' (known: activation, activation_observer, first_last_bits, input_observer, mode, name, observer_options, overrides, per_token, weight, weight_observer)
+    ValueError: recipe: unknown key 'wieght' (known: activation, activation_observer, first_last_bits, input_observer, mode, name, observer_options, overrides, per_token, quantize_output, weight, weight_observer)
 """
 
 from __future__ import annotations
@@ -184,6 +184,9 @@ class Recipe:
             — what transformer activations, whose outlier dimensions vary by token, need.
         first_last_bits: if set, the first and last quantized layers keep this weight/activation width
             (standard practice below 8 bits); ``None`` treats them like the rest.
+        quantize_output: static mode: also put the model's outputs on an 8-bit grid. Off by default: an output is
+            read as float, so integer execution dequantizes the last accumulator directly, and rounding logits to
+            a grid only loses information (it flips close top-2 decisions).
         overrides: applied in order; later ones win.
 
     Raises:
@@ -200,6 +203,7 @@ class Recipe:
     observer_options: dict[str, Any] = field(default_factory=dict)
     per_token: bool = False
     first_last_bits: int | None = None
+    quantize_output: bool = False
     overrides: tuple[Override, ...] = ()
 
     def __post_init__(self) -> None:
@@ -219,6 +223,8 @@ class Recipe:
         if not isinstance(self.per_token, bool) or (self.per_token and self.mode is not Mode.DYNAMIC):
             raise ValueError(f"Recipe.per_token must be a bool and needs mode dynamic, got {self.per_token!r} "
                              f"with mode {self.mode.value}")
+        if not isinstance(self.quantize_output, bool):
+            raise ValueError(f"Recipe.quantize_output must be a bool, got {self.quantize_output!r}")
         if not isinstance(self.observer_options, dict):
             raise ValueError(f"Recipe.observer_options must be a mapping, got {self.observer_options!r}")
         object.__setattr__(self, "overrides", tuple(self.overrides))
@@ -254,6 +260,7 @@ class Recipe:
             "observer_options": dict(self.observer_options),
             "per_token": self.per_token,
             "first_last_bits": self.first_last_bits,
+            "quantize_output": self.quantize_output,
             "overrides": [
                 {"include": list(o.include), "exclude": list(o.exclude),
                  "weight": spec_to_dict(o.weight) if o.weight else None,

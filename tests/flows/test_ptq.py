@@ -58,8 +58,12 @@ def test_static_graph_of_resnet20_folds_bn_fuses_relu_and_quantizes_joins():
     assert nn.BatchNorm2d not in kinds and nn.Conv2d not in kinds
     assert kinds.count(QuantConv) == 21 and kinds.count(QuantLinear) == 1
     summary = q.quantization_summary
-    # input + stem + per block (conv1 out, conv2 out, add/relu out) + 2 shortcut convs + avgpool + fc output
-    assert summary.activation_quantizers == 1 + 1 + 9 * 3 + 2 + 1 + 1
+    # input + stem + per block (conv1 out, conv2 out, add/relu out) + 2 shortcut convs + avgpool; the logits stay
+    # float (the model's output), unless the recipe asks for them
+    assert summary.activation_quantizers == 1 + 1 + 9 * 3 + 2 + 1
+    asked = lowbit.quantize(model, lowbit.Recipe(quantize_output=True), calibration=[torch.randn(4, 1, 28, 28)],
+                            progress=False)
+    assert asked.quantization_summary.activation_quantizers == summary.activation_quantizers + 1
     adds = [n for n in q.graph.nodes if n.op == "call_function" and "add" in str(n.target)]
     for add in adds:  # both operands of every residual add are quantized tensors
         for arg in add.args:
@@ -211,12 +215,13 @@ def test_shape_arithmetic_is_not_quantized():
 
 
 def test_activation_overrides_apply_in_graph_mode():
-    recipe = Recipe(name="a4", overrides=(Override(include=("0",), activation=lowbit.QuantSpec(bits=4, signed=False,
-                                                                                                 symmetric=False)),))
+    recipe = Recipe(name="a4", quantize_output=True,
+                    overrides=(Override(include=("0",), activation=lowbit.QuantSpec(bits=4, signed=False,
+                                                                                    symmetric=False)),))
     q = lowbit.quantize(_mlp(), recipe, calibration=_batches(), progress=False)
     bits = {m.label: m.spec.bits for m in q.modules() if isinstance(m, ActivationQuantizer)}
     assert bits["output of input_1"] == 4 and bits["output of _1"] == 4  # input of layer 0, its fused-ReLU output
-    assert bits["output of _2"] == 8
+    assert bits["output of _2"] == 8  # the model's output, quantized because the recipe asks
 
 
 def test_a_layer_never_called_in_eager_mode_is_left_unquantized_with_a_warning():

@@ -5,6 +5,8 @@ layer or of a join (residual add, concat) — after a ReLU/ReLU6 that is its onl
 re-quantizing op (average pooling, GELU, …), or the input of a quantized layer or join that is not yet on
 an integer grid. Ops that keep values on the grid they received (max pooling, ReLU, flatten, reshape) pass the
 qparams through and get no quantizer of their own. Dynamic mode quantizes only the inputs of quantized layers.
+A tensor that only becomes the model's output (directly or through grid-keeping ops) is not quantized unless
+asked: it is read as float, so integer execution dequantizes the last accumulator instead of re-quantizing it.
 """
 
 from __future__ import annotations
@@ -74,8 +76,24 @@ def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
     return list(dict.fromkeys(found))
 
 
-def place_quantizers(gm: fx.GraphModule, dynamic: bool) -> Placement:
+def _only_feeds_output(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether every use of ``node`` ends in the graph output, passing only through grid-keeping ops."""
+    return bool(node.users) and all(
+        user.op == "output" or (_keeps_grid(user, modules) and _only_feeds_output(user, modules))
+        for user in node.users
+    )
+
+
+def place_quantizers(gm: fx.GraphModule, dynamic: bool, quantize_output: bool = False) -> Placement:
     """Decide quantizer positions for ``gm`` (whose layers were already swapped to quantized ones)."""
+    placement = _place(gm, dynamic)
+    if not quantize_output:
+        modules = dict(gm.named_modules())
+        placement.after = [n for n in placement.after if n.op == "placeholder" or not _only_feeds_output(n, modules)]
+    return placement
+
+
+def _place(gm: fx.GraphModule, dynamic: bool) -> Placement:
     modules = dict(gm.named_modules())
     placement = Placement()
     on_grid: set[fx.Node] = set()

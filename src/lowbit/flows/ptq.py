@@ -161,7 +161,7 @@ def _edge_spec(node: fx.Node, plans: dict[str, Any], recipe: Recipe) -> QuantSpe
 
 def _insert_quantizers(gm: fx.GraphModule, recipe: Recipe, summary: QuantizationSummary,
                        plans: dict[str, Any]) -> None:
-    placement = place_quantizers(gm, dynamic=recipe.mode is Mode.DYNAMIC)
+    placement = place_quantizers(gm, dynamic=recipe.mode is Mode.DYNAMIC, quantize_output=recipe.quantize_output)
     for i, node in enumerate(placement.after):
         name = f"act_quant_{i}"
         quantizer = _activation_quantizer(recipe, _edge_spec(node, plans, recipe), f"output of {node.name}",
