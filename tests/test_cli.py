@@ -14,7 +14,7 @@ runner = CliRunner()
 def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("demo", "quantize", "eval", "list", "weights"):
+    for command in ("demo", "quantize", "eval", "list", "weights", "export"):
         assert command in result.output
 
 
@@ -101,3 +101,20 @@ def test_user_model_with_pt_weights(tmp_path):
     assert data["fp32"]["accuracy"] == load("lenet5").card["accuracy"]
     missing = runner.invoke(app, ["quantize", "--model", f"{src}:make", "--out", str(tmp_path / "r")])
     assert missing.exit_code == 2 and "--weights is required" in missing.output
+
+
+def test_export_writes_an_onnx_file_onnxruntime_runs(tmp_path):
+    import numpy as np
+
+    from lowbit.export import ort_session
+
+    folder = tmp_path / "q"
+    assert runner.invoke(app, ["quantize", "--model", "zoo:lenet5", "--calib", "64", "--out", str(folder)]).exit_code == 0
+    result = runner.invoke(app, ["export", "--model", str(folder), "--out", str(tmp_path / "m.onnx"), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data["bytes"] == (tmp_path / "m.onnx").stat().st_size
+    out = ort_session(data["path"]).run(None, {"input_0": np.zeros((3, 1, 28, 28), np.float32)})[0]
+    assert out.shape == (3, 10)
+    bad = runner.invoke(app, ["export", "--model", str(folder), "--input-shape", "1,x"])
+    assert bad.exit_code == 2 and "--input-shape" in bad.output

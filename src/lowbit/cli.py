@@ -101,6 +101,34 @@ def evaluate(
     typer.echo(json.dumps(result) if as_json else "  ".join(f"{k}={v}" for k, v in result.items()))
 
 
+@app.command("export")
+def export(
+    model: str = typer.Option(..., help="a folder written by `lowbit quantize` (static or weight-only, 8-bit)"),
+    out: Path = typer.Option(Path("model.onnx"), help="the ONNX file to write"),
+    input_shape: str = typer.Option("1,1,28,28", help="example input shape, comma-separated (batch stays dynamic)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+) -> None:
+    """Export a saved quantized model to ONNX (QDQ), which ONNX Runtime runs with integer kernels."""
+    import torch
+
+    from lowbit.export import export_onnx
+    from lowbit.serialize import load_quantized
+
+    try:
+        shape = tuple(int(d) for d in input_shape.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        _fail(f"--input-shape must be positive integers separated by commas, got {input_shape!r}")
+    try:
+        net = load_quantized(model)
+        path = export_onnx(net, torch.zeros(shape), out)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        _fail(str(error))
+    result = {"model": model, "path": str(path), "bytes": path.stat().st_size}
+    typer.echo(json.dumps(result) if as_json else f"wrote {path} ({result['bytes']:,} bytes)")
+
+
 def _score(side: dict[str, Any]) -> str:
     """The quality figure of one side: accuracy for classifiers; Spearman and cosine for text models."""
     if "accuracy" in side:

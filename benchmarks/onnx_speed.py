@@ -1,0 +1,201 @@
+"""Int8 speed in ONNX Runtime: lowbit's QDQ export against fp32 (PyTorch and ONNX Runtime) and ORT's own quantizer.
+
+Models: the zoo ``resnet20`` (Fashion-MNIST, 1×28×28) and a ResNet-style network at a realistic size (a 3→64
+stem and four basic blocks of 64 channels at 56×56; random weights — speed does not depend on them). For each:
+fp32 PyTorch (eager), fp32 ONNX Runtime, lowbit W8A8 exported with ``lowbit.export_onnx``, and the model ONNX
+Runtime's own ``quantize_static`` makes from the same fp32 export and the same calibration batches (QDQ,
+per-channel int8 weights, uint8 activations). Batch 1 and 8, 1 and 2 threads.
+
+Every (backend, model, batch, threads) cell is timed in its own process: PyTorch's and ONNX Runtime's idle thread
+pools spin and would steal the two cores from each other. Median of repeated runs after warm-up.
+
+Writes benchmarks/results/onnx_speed.{json,md}. Run: ``.venv/bin/python benchmarks/onnx_speed.py`` (~5 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+RESULTS = Path(__file__).parent / "results"
+BATCHES = (1, 8)
+THREADS = (1, 2)
+MIN_SECONDS, MIN_RUNS = 1.5, 15
+
+
+class _Block(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+        self.conv2, self.bn2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.bn2(self.conv2(y)))
+
+
+class ResNet56x56(nn.Module):
+    """3→64 stem and four 64-channel basic blocks at 56×56, average pool, 10 logits (0.93 GMAC per image)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.blocks = nn.Sequential(*[_Block(64) for _ in range(4)])
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+
+
+def build(name: str) -> tuple[nn.Module, tuple[int, ...]]:
+    """The fp32 model in eval mode and its per-sample input shape."""
+    if name == "resnet20":
+        from lowbit.zoo import load
+
+        return load("resnet20").model, (1, 28, 28)
+    torch.manual_seed(0)
+    model = ResNet56x56()
+    for m in model.modules():  # BN statistics as a trained network would have them, so folding is realistic
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval(), (3, 56, 56)
+
+
+def calibration(name: str, shape: tuple[int, ...]) -> list[torch.Tensor]:
+    if name == "resnet20":
+        from lowbit.jobs import calibration_batches
+
+        return calibration_batches(256)
+    generator = torch.Generator().manual_seed(1)
+    return [torch.randn(16, *shape, generator=generator) for _ in range(4)]
+
+
+def _median_ms(call) -> tuple[float, int]:
+    for _ in range(3):
+        call()
+    samples, start = [], time.perf_counter()
+    while len(samples) < MIN_RUNS or time.perf_counter() - start < MIN_SECONDS:
+        t = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - t)
+    return 1000.0 * statistics.median(samples), len(samples)
+
+
+def worker(backend: str, model: str, path: str, batch: int, threads: int) -> None:
+    """Time one cell and print ``{"ms": …, "runs": …}`` (run in its own process)."""
+    if backend == "torch":
+        torch.set_num_threads(threads)
+        net, shape = build(model)
+        x = torch.randn(batch, *shape)
+        with torch.no_grad():
+            ms, runs = _median_ms(lambda: net(x))
+    else:
+        from lowbit.export import ort_session
+
+        session = ort_session(path, threads=threads)
+        feed = session.get_inputs()[0]
+        per_sample = [int(d) for d in feed.shape[1:]]
+        x = torch.randn(batch, *per_sample).numpy()
+        ms, runs = _median_ms(lambda: session.run(None, {feed.name: x}))
+    print(json.dumps({"ms": round(ms, 3), "runs": runs}))
+
+
+def prepare(model: str, folder: Path) -> dict[str, str]:
+    """fp32 ONNX, lowbit int8 ONNX and ORT-quantized int8 ONNX for ``model``; returns backend → path."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    import lowbit
+    from lowbit.export import IR_VERSION, export_onnx
+
+    net, shape = build(model)
+    batches = calibration(model, shape)
+    fp32, prepped = folder / f"{model}-fp32.onnx", folder / f"{model}-prep.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (batches[0][:1],), str(fp32), dynamo=False, opset_version=17,
+                          input_names=["input_0"], output_names=["output_0"],
+                          dynamic_axes={"input_0": {0: "batch"}, "output_0": {0: "batch"}})
+        saved = onnx.load(str(fp32))
+        saved.ir_version = IR_VERSION
+        onnx.save(saved, str(fp32))
+        quant_pre_process(str(fp32), str(prepped))
+        qmodel = lowbit.quantize(net, "w8a8", calibration=batches, progress=False)
+    lowbit_path = export_onnx(qmodel, batches[0][:1], folder / f"{model}-lowbit.onnx")
+
+    class Reader:
+        def __init__(self) -> None:
+            self.feeds = iter([{"input_0": b.numpy()} for b in batches])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    ort_path = folder / f"{model}-ort.onnx"
+    quantize_static(str(prepped), str(ort_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    return {"torch-fp32": "", "ort-fp32": str(fp32), "ort-int8-lowbit": str(lowbit_path),
+            "ort-int8-onnxruntime": str(ort_path)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", nargs=5, metavar=("BACKEND", "MODEL", "PATH", "BATCH", "THREADS"))
+    parser.add_argument("--models", default="resnet20,resnet56x56")
+    args = parser.parse_args()
+    if args.worker:
+        backend, model, path, batch, threads = args.worker
+        worker(backend, model, path, int(batch), int(threads))
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models.split(","):
+            paths = prepare(model, Path(tmp))
+            sizes = {k: Path(v).stat().st_size for k, v in paths.items() if v}
+            for batch in BATCHES:
+                for threads in THREADS:
+                    cell = {"model": model, "batch": batch, "threads": threads, "bytes": sizes}
+                    for backend, path in paths.items():
+                        kind = "torch" if backend == "torch-fp32" else "ort"
+                        done = subprocess.run([sys.executable, __file__, "--worker", kind, model, path or "-",
+                                               str(batch), str(threads)], capture_output=True, text=True, check=True)
+                        cell[backend] = json.loads(done.stdout.strip().splitlines()[-1])["ms"]
+                        time.sleep(0.5)
+                    best_fp32 = min(cell["torch-fp32"], cell["ort-fp32"])
+                    cell["speedup_vs_best_fp32"] = round(best_fp32 / cell["ort-int8-lowbit"], 2)
+                    cell["lowbit_vs_ort_quantizer"] = round(cell["ort-int8-onnxruntime"] / cell["ort-int8-lowbit"], 3)
+                    rows.append(cell)
+                    print(json.dumps(cell), file=sys.stderr)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "onnx_speed.json").write_text(json.dumps(rows, indent=1) + "\n")
+    lines = ["| model | batch | threads | torch fp32 ms | ORT fp32 ms | lowbit int8 (ORT) ms | ORT quantize_static "
+             "int8 ms | int8 speed-up vs best fp32 | lowbit vs ORT's int8 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['batch']} | {r['threads']} | {r['torch-fp32']:.2f} | {r['ort-fp32']:.2f} | "
+                     f"{r['ort-int8-lowbit']:.2f} | {r['ort-int8-onnxruntime']:.2f} | "
+                     f"{r['speedup_vs_best_fp32']:.2f}× | {r['lowbit_vs_ort_quantizer']:.3f} |")
+    sizes = {r["model"]: r["bytes"] for r in rows}
+    lines += ["", "File bytes: " + "; ".join(f"{m}: fp32 {s['ort-fp32']:,}, lowbit int8 {s['ort-int8-lowbit']:,} "
+                                             f"({s['ort-fp32'] / s['ort-int8-lowbit']:.1f}× smaller), ORT int8 "
+                                             f"{s['ort-int8-onnxruntime']:,}" for m, s in sizes.items())]
+    (RESULTS / "onnx_speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+"""Deployment formats: ONNX (QDQ) export of quantized models and an ONNX Runtime session helper.
+
+Example:
+    >>> from lowbit.export import export_onnx, ort_session
+    >>> callable(export_onnx) and callable(ort_session)
+    True
+"""
+
+from lowbit.export.onnx import IR_VERSION, OPSET, export_onnx, ort_session
+
+__all__ = ["export_onnx", "ort_session", "OPSET", "IR_VERSION"]
