@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from lowbit.functional.affine import accumulator_bias
 from lowbit.nn.activation import ActivationQuantizer
 from lowbit.nn.layers import QuantConv, QuantLinear
 from lowbit.spec import PerChannel, PerTensor
@@ -92,12 +93,11 @@ class _ExportLayer(nn.Module):
         self.int_bias = layer.bias is not None and input_scale is not None and bool((self.zero_point == 0).all())
         if self.int_bias:
             # an integer kernel adds the bias to its accumulator, whose step is s_x · s_w (per output channel)
-            bias_scale = (input_scale * self.scale).to(torch.float32)
-            bias_scale = bias_scale.expand(layer.bias.shape[0]).contiguous()
-            codes = torch.round(layer.bias.detach().double() / bias_scale.double())
-            if codes.abs().max() > 2**31 - 1:
-                raise ValueError(f"layer {name}: the bias does not fit int32 on the accumulator grid")
-            self.register_buffer("bias_codes", codes.to(torch.int32))
+            try:
+                codes, bias_scale = accumulator_bias(layer.bias, input_scale, self.scale)
+            except ValueError as err:
+                raise ValueError(f"layer {name}: {err}") from err
+            self.register_buffer("bias_codes", codes)
             self.register_buffer("bias_scale", bias_scale)
             self.register_buffer("bias_zero_point", torch.zeros_like(self.bias_codes))
 

@@ -29,7 +29,8 @@ from lowbit.functional import _kernels
 from lowbit.functional.ste import masked_ste
 from lowbit.spec import Granularity, PerChannel, PerGroup, PerTensor, QParams, QuantSpec, Rounding, ScaleKind
 
-__all__ = ["choose_qparams", "quantize", "dequantize", "fake_quantize", "reduce_minmax", "qparam_shape", "qparam_rows"]
+__all__ = ["choose_qparams", "quantize", "dequantize", "fake_quantize", "reduce_minmax", "qparam_shape", "qparam_rows",
+           "accumulator_bias"]
 
 # Smallest normal float32: a non-zero range never yields a zero or subnormal step (x / scale stays finite).
 _MIN_SCALE = torch.finfo(torch.float32).tiny
@@ -314,3 +315,28 @@ def fake_quantize(x: torch.Tensor, qp: QParams, generator: torch.Generator | Non
     if not x.requires_grad:
         return y
     return masked_ste(x, y, mask)
+
+
+def accumulator_bias(bias: torch.Tensor, input_scale: float, weight_scale: torch.Tensor,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float bias as int32 codes on the accumulator's grid ``s_x · s_w`` (one step per output channel).
+
+    An integer conv/linear adds these codes to its int32 accumulator; the ONNX export and the integer engine use
+    this one rule, so both add the same integers. The grid step is computed in float32, as ONNX Runtime does.
+
+    Returns:
+        ``(codes int32, step float32)``, both ``[out_channels]``.
+
+    Raises:
+        ValueError: a bias that does not fit int32 on that grid.
+
+    Example:
+        >>> accumulator_bias(torch.tensor([0.5, -0.25]), 0.1, torch.tensor([0.01, 0.02]))[0].tolist()
+        [500, -125]
+    """
+    step = (torch.tensor(input_scale, dtype=torch.float32) * weight_scale.reshape(-1).to(torch.float32))
+    step = step.expand(bias.shape[0]).contiguous()
+    codes = torch.round(bias.detach().to(torch.float64) / step.to(torch.float64))
+    if codes.abs().max() > 2**31 - 1:
+        raise ValueError("the bias does not fit int32 on the accumulator grid s_x * s_w")
+    return codes.to(torch.int32), step

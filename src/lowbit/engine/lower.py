@@ -1,0 +1,274 @@
+"""``lower(qmodel, example_inputs) -> Program``: a frozen static model from :func:`lowbit.quantize` as integer ops.
+
+The only bridge from ``nn`` back to the engine: it reads the traced graph, integer weights and frozen qparams.
+A layer or join followed by its activation quantizer (through a fused ReLU/ReLU6) becomes one op that requantizes
+straight to that quantizer's grid, the ReLU becoming the output clamp; grid-keeping ops (max pooling, flatten,
+reshape, ReLU) act on codes; a layer whose output is the model's output returns the dequantized accumulator.
+
+Example:
+    >>> import torch, lowbit
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
+    >>> q = lowbit.quantize(model, "w8a8", calibration=[torch.randn(64, 8)], progress=False)
+    >>> program = lower(q, torch.randn(1, 8))
+    >>> [op["op"] for op in program.ops]
+    ['quantize', 'linear', 'linear']
+    >>> x = torch.randn(5, 8)
+    >>> bool((program(x) - q(x)).abs().max() < 0.05)
+    True
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn import functional as F
+
+from lowbit.engine.kernels import Requant
+from lowbit.engine.program import Program
+from lowbit.functional.affine import accumulator_bias
+from lowbit.nn.activation import ActivationQuantizer
+from lowbit.nn.layers import QuantConv, QuantLinear
+
+__all__ = ["lower"]
+
+_RELU = (nn.ReLU, F.relu, torch.relu)
+_RELU6 = (nn.ReLU6, F.relu6)
+_ADD = (operator.add, torch.add)
+_RESHAPE_METHODS = {"view", "reshape", "flatten"}
+_PASS_MODULES = (nn.Identity, nn.Dropout)
+
+
+def _grid(q: ActivationQuantizer) -> dict[str, Any]:
+    spec = q.spec
+    if q.scale.numel() != 1:
+        raise ValueError(f"lower supports per-tensor activation grids; {q.label} has {q.scale.numel()} scales")
+    return {"scale": float(q.scale), "zero_point": int(q.zero_point), "qmin": spec.qmin, "qmax": spec.qmax}
+
+
+class _Lowering:
+    def __init__(self, gm: fx.GraphModule, mode: Requant) -> None:
+        self.gm, self.mode = gm, mode
+        self.modules = dict(gm.named_modules())
+        self.ops: list[dict[str, Any]] = []
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.values: dict[fx.Node, dict[str, Any]] = {}  # node → {"name", "grid" (None for float)}
+        self.absorbed: set[fx.Node] = set()
+
+    # --- helpers ---------------------------------------------------------------------------------------------
+
+    def _module(self, node: fx.Node) -> nn.Module | None:
+        return self.modules.get(node.target) if node.op == "call_module" else None
+
+    def _is(self, node: fx.Node, kinds: tuple) -> bool:
+        module = self._module(node)
+        if module is not None:
+            return isinstance(module, tuple(k for k in kinds if isinstance(k, type)))
+        return node.op == "call_function" and node.target in kinds
+
+    def _describe(self, node: fx.Node) -> str:
+        module = self._module(node)
+        return f"{node.target} ({type(module).__name__})" if module is not None else f"{node.name} ({node.target})"
+
+    def _codes(self, node: fx.Node, consumer: fx.Node) -> dict[str, Any]:
+        value = self.values[node]
+        if value["grid"] is None:
+            raise ValueError(f"lower: {self._describe(consumer)} needs integer codes but its input {node.name} is "
+                             "float (lower needs a static recipe, with every quantized layer's input on a grid)")
+        return value
+
+    def _output_grid(self, node: fx.Node) -> tuple[dict[str, Any] | None, fx.Node | None]:
+        """The grid (with a fused ReLU/ReLU6 clamp) ``node`` requantizes to, and the node that then holds it."""
+        users = list(node.users)
+        clamp = None
+        if len(users) == 1 and (self._is(users[0], _RELU) or self._is(users[0], _RELU6)):
+            clamp, users = users[0], list(users[0].users)
+        if len(users) == 1 and isinstance(self._module(users[0]), ActivationQuantizer):
+            quantizer = self._module(users[0])
+            if quantizer.bypass or quantizer.dynamic or not quantizer.frozen:
+                return None, None
+            grid = _grid(quantizer)
+            if clamp is not None:
+                grid["qmin"] = max(grid["qmin"], grid["zero_point"])
+                if self._is(clamp, _RELU6):
+                    grid["qmax"] = min(grid["qmax"], grid["zero_point"] + round(6.0 / grid["scale"]))
+                self.absorbed.add(clamp)
+            self.absorbed.add(users[0])
+            return grid, users[0]
+        return None, None
+
+    def _emit(self, op: dict[str, Any], node: fx.Node, grid: dict[str, Any] | None, holder: fx.Node | None) -> None:
+        op["y"] = node.name
+        self.ops.append(op)
+        value = {"name": node.name, "grid": grid}
+        self.values[node] = value
+        if holder is not None:
+            self.values[holder] = value
+            for between in self.absorbed:  # a fused ReLU between the op and its quantizer holds the same value
+                if between.args and between.args[0] is node:
+                    self.values[between] = value
+
+    # --- ops -------------------------------------------------------------------------------------------------
+
+    def layer(self, node: fx.Node, layer: QuantConv | QuantLinear) -> None:
+        x = self._codes(node.args[0], node)
+        spec = layer.weight_spec
+        if layer.weight_zero_point.numel() > 1 and spec.granularity.axis != 0:  # type: ignore[union-attr]
+            raise ValueError(f"lower: {node.target} has per-channel weights along axis {spec.granularity.axis}")
+        if layer.weight_q.numel() != 0 and layer.weight_scale.numel() not in (1, layer.weight_q.shape[0]):
+            raise ValueError(f"lower: {node.target} has per-group weights; lower supports per tensor or channel")
+        prefix = str(node.target)
+        self.tensors[f"{prefix}.weight"] = layer.weight_q.to(torch.int32)
+        self.tensors[f"{prefix}.weight_scale"] = layer.weight_scale.reshape(-1).to(torch.float32)
+        self.tensors[f"{prefix}.weight_zero_point"] = layer.weight_zero_point.reshape(-1).to(torch.int32)
+        op: dict[str, Any] = {"op": "conv" if isinstance(layer, QuantConv) else "linear", "name": prefix,
+                              "x": x["name"], "in_scale": x["grid"]["scale"],
+                              "in_zero_point": x["grid"]["zero_point"], "weight": f"{prefix}.weight",
+                              "weight_scale": f"{prefix}.weight_scale",
+                              "weight_zero_point": f"{prefix}.weight_zero_point", "bias": None}
+        if layer.bias is not None:
+            codes, _ = accumulator_bias(layer.bias, x["grid"]["scale"], layer.weight_scale)
+            self.tensors[f"{prefix}.bias"] = codes
+            op["bias"] = f"{prefix}.bias"
+        if isinstance(layer, QuantConv):
+            op.update(stride=list(layer.stride), padding=list(layer.padding), dilation=list(layer.dilation),
+                      groups=layer.groups)
+        grid, holder = self._output_grid(node)
+        op["out"] = grid
+        self._emit(op, node, grid, holder)
+
+    def add(self, node: fx.Node) -> None:
+        a, b = (self._codes(arg, node) for arg in node.args[:2])
+        grid, holder = self._output_grid(node)
+        if grid is None:
+            raise ValueError(f"lower: the add {node.name} has no output quantizer (quantize it, or keep it float)")
+        op = {"op": "add", "a": a["name"], "b": b["name"], "a_scale": a["grid"]["scale"],
+              "a_zero_point": a["grid"]["zero_point"], "b_scale": b["grid"]["scale"],
+              "b_zero_point": b["grid"]["zero_point"], "out": grid}
+        self._emit(op, node, grid, holder)
+
+    def pool(self, node: fx.Node, module: nn.Module) -> None:
+        x = self._codes(node.args[0], node)
+        grid, holder = self._output_grid(node)
+        if grid is None:
+            raise ValueError(f"lower: {self._describe(node)} has no output quantizer")
+        common = {"x": x["name"], "in_scale": x["grid"]["scale"], "in_zero_point": x["grid"]["zero_point"],
+                  "out": grid}
+        if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
+            self._emit({"op": "global_avgpool", **common}, node, grid, holder)
+        elif isinstance(module, nn.AvgPool2d) and module.count_include_pad and not module.ceil_mode:
+            pair = nn.modules.utils._pair
+            stride = module.stride if module.stride is not None else module.kernel_size
+            self._emit({"op": "avgpool", "kernel_size": list(pair(module.kernel_size)), "stride": list(pair(stride)),
+                        "padding": list(pair(module.padding)), **common}, node, grid, holder)
+        else:
+            raise ValueError(f"lower: unsupported pooling {self._describe(node)}")
+
+    def same_grid(self, node: fx.Node, op: dict[str, Any] | None) -> None:
+        """An op on codes that keeps their grid (or a pass-through when ``op`` is None)."""
+        source = self.values[node.args[0]]
+        if op is None:
+            self.values[node] = source
+            return
+        if source["grid"] is None:
+            raise ValueError(f"lower: {self._describe(node)} on a float value is not supported")
+        op.update(x=source["name"], y=node.name)
+        self.ops.append(op)
+        self.values[node] = {"name": node.name, "grid": source["grid"]}
+
+    def quantizer(self, node: fx.Node, quantizer: ActivationQuantizer) -> None:
+        source = self.values[node.args[0]]
+        if quantizer.bypass:
+            self.values[node] = source
+            return
+        if quantizer.dynamic or not quantizer.frozen:
+            raise ValueError(f"lower needs frozen static activation quantizers; {quantizer.label} is "
+                             f"{'dynamic' if quantizer.dynamic else 'not calibrated'}")
+        if source["grid"] is not None:
+            raise ValueError(f"lower: {quantizer.label} re-quantizes codes; not supported")
+        grid = _grid(quantizer)
+        self.ops.append({"op": "quantize", "x": source["name"], "y": node.name, "out": grid})
+        self.values[node] = {"name": node.name, "grid": grid}
+
+    def run(self, example_inputs: tuple) -> Program:
+        ShapeProp(self.gm).propagate(*example_inputs)
+        inputs, outputs = [], []
+        for node in self.gm.graph.nodes:
+            if node in self.absorbed:
+                continue
+            module = self._module(node)
+            if node.op == "placeholder":
+                inputs.append(node.name)
+                self.values[node] = {"name": node.name, "grid": None}
+            elif node.op == "output":
+                for result in fx.node.map_arg(node.args[0], lambda n: n) if isinstance(node.args[0], tuple) else (
+                        node.args[0],):
+                    value = self.values[result]
+                    if value["grid"] is not None:
+                        name = f"{value['name']}_float"
+                        self.ops.append({"op": "dequantize", "x": value["name"], "y": name,
+                                         "scale": value["grid"]["scale"], "zero_point": value["grid"]["zero_point"]})
+                        outputs.append(name)
+                    else:
+                        outputs.append(value["name"])
+            elif isinstance(module, (QuantConv, QuantLinear)):
+                self.layer(node, module)
+            elif isinstance(module, ActivationQuantizer):
+                self.quantizer(node, module)
+            elif self._is(node, _ADD) or (node.op == "call_method" and node.target == "add"):
+                self.add(node)
+            elif isinstance(module, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
+                self.pool(node, module)
+            elif isinstance(module, nn.MaxPool2d) or (node.op == "call_function" and node.target is F.max_pool2d):
+                self.maxpool(node, module)
+            elif self._is(node, _RELU) or self._is(node, _RELU6):
+                self.relu(node)
+            elif isinstance(module, _PASS_MODULES):
+                self.same_grid(node, None)
+            elif isinstance(module, nn.Flatten) or (node.op == "call_function" and node.target is torch.flatten) or (
+                    node.op == "call_method" and node.target in _RESHAPE_METHODS):
+                shape = list(node.meta["tensor_meta"].shape[1:])
+                self.same_grid(node, {"op": "reshape", "shape": shape})
+            elif node.op == "call_function" and node.target is getattr or (
+                    node.op == "call_method" and node.target == "size"):
+                continue  # shape arithmetic: the reshape op records the resulting shape
+            else:
+                raise ValueError(f"lower: unsupported op {self._describe(node)}; quantize it with a static recipe "
+                                 "or keep it out of the lowered model")
+        return Program(self.ops, self.tensors, inputs, outputs, self.mode)
+
+    def maxpool(self, node: fx.Node, module: nn.Module | None) -> None:
+        if module is None:
+            raise ValueError(f"lower: functional max pooling {node.name} is not supported; use nn.MaxPool2d")
+        pair = nn.modules.utils._pair
+        stride = module.stride if module.stride is not None else module.kernel_size
+        self.same_grid(node, {"op": "maxpool", "kernel_size": list(pair(module.kernel_size)),
+                              "stride": list(pair(stride)), "padding": list(pair(module.padding)),
+                              "dilation": list(pair(module.dilation)), "ceil_mode": bool(module.ceil_mode)})
+
+    def relu(self, node: fx.Node) -> None:
+        source = self.values[node.args[0]]
+        grid = source["grid"]
+        if grid is None:
+            raise ValueError(f"lower: {self._describe(node)} on a float value is not supported")
+        high = grid["qmax"]
+        if self._is(node, _RELU6):
+            high = min(high, grid["zero_point"] + round(6.0 / grid["scale"]))
+        self.same_grid(node, {"op": "clamp", "min": max(grid["qmin"], grid["zero_point"]), "max": high})
+
+
+def lower(qmodel: nn.Module, example_inputs: torch.Tensor | tuple, mode: Requant = Requant.FLOAT) -> Program:
+    """The integer :class:`~lowbit.engine.Program` of ``qmodel`` (static recipe, traced by :func:`lowbit.quantize`).
+
+    Raises:
+        ValueError: a model that was not traced (quantized layer by layer), a float value where codes are needed,
+            or an unsupported op — naming the module.
+    """
+    if not isinstance(qmodel, fx.GraphModule):
+        raise ValueError("lower needs a model quantized in graph mode (lowbit.quantize traced it); this one was "
+                         "quantized layer by layer")
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    return _Lowering(qmodel, mode).run(inputs)

@@ -1,0 +1,149 @@
+"""A Program: a flat list of integer ops over named values, run by the reference kernels, saved as JSON +
+safetensors.
+
+Values are int32 code tensors (their grid recorded in the op that made them) or float tensors (the model's
+inputs and float outputs). Ops: ``quantize``, ``dequantize``, ``conv``, ``linear``, ``add``, ``clamp``,
+``maxpool``, ``global_avgpool``, ``avgpool``, ``reshape``. :func:`lowbit.engine.lower` builds one from a model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.nn import functional as F
+
+from lowbit.engine import kernels as K
+from lowbit.engine.kernels import Requant
+
+__all__ = ["Program", "FORMAT"]
+
+FORMAT = "lowbit-program/1"
+_OPS = {"quantize", "dequantize", "conv", "linear", "add", "clamp", "maxpool", "global_avgpool", "avgpool",
+        "reshape"}
+_JSON, _TENSORS = "program.json", "program.safetensors"
+
+
+@dataclass
+class Program:
+    """Integer ops in execution order; ``program(*inputs)`` runs them and returns the float outputs."""
+
+    ops: list[dict[str, Any]]
+    tensors: dict[str, torch.Tensor]
+    inputs: list[str]
+    outputs: list[str]
+    mode: Requant = Requant.FLOAT
+    notes: list[str] = field(default_factory=list)
+
+    @torch.no_grad()
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if len(inputs) != len(self.inputs):
+            raise ValueError(f"the program takes {len(self.inputs)} inputs, got {len(inputs)}")
+        env: dict[str, torch.Tensor] = {name: x.to(torch.float32) for name, x in zip(self.inputs, inputs)}
+        for op in self.ops:
+            env[op["y"]] = self._run(op, env)
+        outs = tuple(env[name] for name in self.outputs)
+        return outs[0] if len(outs) == 1 else outs
+
+    def _run(self, op: dict[str, Any], env: dict[str, torch.Tensor]) -> torch.Tensor:
+        kind, t, mode = op["op"], self.tensors, self.mode
+        x = env[op["x"]] if "x" in op else None
+        out = op.get("out")
+        if kind == "quantize":  # float → codes, true division and half-to-even as QuantizeLinear
+            q = torch.round(x / torch.tensor(out["scale"], dtype=torch.float32)) + out["zero_point"]
+            return torch.clamp(q, out["qmin"], out["qmax"]).to(torch.int32)
+        if kind == "dequantize":
+            return (x.to(torch.float32) - op["zero_point"]) * torch.tensor(op["scale"], dtype=torch.float32)
+        if kind in ("conv", "linear"):
+            w, w_zp = t[op["weight"]], t[op["weight_zero_point"]]
+            bias = t[op["bias"]] if op.get("bias") else None
+            if kind == "conv":
+                acc = K.conv_accumulate(x, op["in_zero_point"], w, w_zp, bias, tuple(op["stride"]),
+                                        tuple(op["padding"]), tuple(op["dilation"]), op["groups"], op["name"])
+            else:
+                acc = K.linear_accumulate(x, op["in_zero_point"], w, w_zp, bias, op["name"])
+            w_scale = t[op["weight_scale"]].reshape([1, -1] + [1] * (acc.dim() - 2))
+            if out is None:  # a float output: the accumulator dequantized, never re-quantized
+                return acc.to(torch.float32) * K.float_multiplier(op["in_scale"], w_scale)
+            multiplier = K.float_multiplier(op["in_scale"], w_scale, divide_by=out["scale"])
+            return K.requantize(acc, multiplier, out["zero_point"], out["qmin"], out["qmax"], mode)
+        if kind == "add":
+            a, b = env[op["a"]], env[op["b"]]
+            return K.add(a, op["a_scale"], op["a_zero_point"], b, op["b_scale"], op["b_zero_point"], out["scale"],
+                         out["zero_point"], out["qmin"], out["qmax"], mode)
+        if kind == "clamp":
+            return torch.clamp(x, op["min"], op["max"])
+        if kind == "maxpool":  # max of codes is the code of the max (monotone map); padding never wins
+            pooled = F.max_pool2d(x.to(torch.float64), op["kernel_size"], op["stride"], op["padding"],
+                                  op["dilation"], op["ceil_mode"])
+            return pooled.to(torch.int32)
+        if kind == "global_avgpool":
+            return K.global_avg_pool(x, op["in_scale"], op["in_zero_point"], out["scale"], out["zero_point"],
+                                     out["qmin"], out["qmax"], mode)
+        if kind == "avgpool":
+            return K.avg_pool(x, tuple(op["kernel_size"]), tuple(op["stride"]), tuple(op["padding"]), op["in_scale"],
+                              op["in_zero_point"], out["scale"], out["zero_point"], out["qmin"], out["qmax"], mode)
+        if kind == "reshape":
+            return x.reshape(x.shape[0], *op["shape"])
+        raise ValueError(f"unknown op {kind!r}")
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``program.json`` and ``program.safetensors`` into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(folder / _TENSORS))
+        meta = {"format": FORMAT, "mode": self.mode.value, "inputs": self.inputs, "outputs": self.outputs,
+                "ops": self.ops, "notes": self.notes}
+        (folder / _JSON).write_text(json.dumps(meta, indent=1) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Program:
+        """Read a folder written by :meth:`save`.
+
+        Raises:
+            ValueError: missing files, another format, a truncated or corrupt tensor file, unknown ops, or ops
+                that name tensors or values that are not there — each named.
+        """
+        folder = Path(folder)
+        if not (folder / _JSON).is_file() or not (folder / _TENSORS).is_file():
+            raise ValueError(f"{folder} is not a lowbit program (needs {_JSON} and {_TENSORS})")
+        try:
+            meta = json.loads((folder / _JSON).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{folder / _JSON} is not valid JSON: {err}") from err
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ValueError(f"{folder / _JSON}: format {meta.get('format') if isinstance(meta, dict) else None!r}, "
+                             f"this lowbit reads {FORMAT!r}")
+        try:
+            tensors = load_file(str(folder / _TENSORS))
+        except Exception as err:  # safetensors raises its own error types for truncated or corrupt files
+            raise ValueError(f"{folder / _TENSORS} cannot be read (truncated or corrupt?): {err}") from err
+        try:
+            program = cls(list(meta["ops"]), tensors, list(meta["inputs"]), list(meta["outputs"]),
+                          Requant(meta["mode"]), list(meta.get("notes", [])))
+        except (KeyError, ValueError, TypeError) as err:
+            raise ValueError(f"{folder / _JSON} is malformed: {err!r}") from err
+        program.validate(str(folder))
+        return program
+
+    def validate(self, where: str = "program") -> None:
+        """Check that every op is known and names only tensors and values that exist before it."""
+        known = set(self.inputs)
+        for i, op in enumerate(self.ops):
+            if not isinstance(op, dict) or op.get("op") not in _OPS or "y" not in op:
+                raise ValueError(f"{where}: op {i} is not a known op: {op!r}"[:300])
+            for key in ("x", "a", "b"):
+                if key in op and op[key] not in known:
+                    raise ValueError(f"{where}: op {i} ({op['op']}) reads {op[key]!r}, which nothing computed before it")
+            for key in ("weight", "weight_scale", "weight_zero_point", "bias"):
+                if op.get(key) and op[key] not in self.tensors:
+                    raise ValueError(f"{where}: op {i} ({op['op']}) needs tensor {op[key]!r}, missing from the file")
+            known.add(op["y"])
+        missing = [o for o in self.outputs if o not in known]
+        if missing:
+            raise ValueError(f"{where}: outputs {missing} are never computed")
