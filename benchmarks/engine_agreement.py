@@ -52,7 +52,7 @@ def main() -> None:
         fixed = _batched(lower(coded, images[:1], Requant.FIXED_POINT), images)
         with tempfile.TemporaryDirectory() as folder:
             session = ort_session(export_onnx(coded, images[:1], Path(folder) / "m.onnx"))
-            ort = _batched(lambda x: session.run(None, {"input_0": x.numpy()})[0], images)
+            ort = _batched(lambda x, s=session: s.run(None, {"input_0": x.numpy()})[0], images)
         ort_lsb = ((floating - ort).abs() / step).round()
         fixed_lsb = ((floating - fixed).abs() / step).round()
         row = {"model": name, "images": len(images),
