@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -31,7 +28,6 @@ from torch import nn
 RESULTS = Path(__file__).parent / "results"
 BATCHES = (1, 8)
 THREADS = (1, 2)
-MIN_SECONDS, MIN_RUNS = 1.5, 15
 # Process-to-process spread on this machine is up to ±30% (measured: 1.9–3.4 ms for one model): every cell is
 # timed in ROUNDS fresh processes per backend, interleaved, and the median of their medians is reported.
 ROUNDS = 3
@@ -87,56 +83,20 @@ def calibration(name: str, shape: tuple[int, ...]) -> list[torch.Tensor]:
     return [torch.randn(16, *shape, generator=generator) for _ in range(4)]
 
 
-def _median_ms(call) -> tuple[float, int]:
-    for _ in range(3):
-        call()
-    samples, start = [], time.perf_counter()
-    while len(samples) < MIN_RUNS or time.perf_counter() - start < MIN_SECONDS:
-        t = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - t)
-    return 1000.0 * statistics.median(samples), len(samples)
-
-
-def worker(backend: str, model: str, path: str, batch: int, threads: int) -> None:
-    """Time one cell and print ``{"ms": …, "runs": …}`` (run in its own process)."""
-    if backend == "torch":
-        torch.set_num_threads(threads)
-        net, shape = build(model)
-        x = torch.randn(batch, *shape)
-        with torch.no_grad():
-            ms, runs = _median_ms(lambda: net(x))
-    else:
-        from lowbit.export import ort_session
-
-        session = ort_session(path, threads=threads)
-        feed = session.get_inputs()[0]
-        per_sample = [int(d) for d in feed.shape[1:]]
-        x = torch.randn(batch, *per_sample).numpy()
-        ms, runs = _median_ms(lambda: session.run(None, {feed.name: x}))
-    print(json.dumps({"ms": round(ms, 3), "runs": runs}))
-
-
 def prepare(model: str, folder: Path) -> dict[str, str]:
     """fp32 ONNX, lowbit int8 ONNX and ORT-quantized int8 ONNX for ``model``; returns backend → path."""
-    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     import lowbit
-    from lowbit.export import IR_VERSION, export_onnx
+    from lowbit.export import export_float_onnx, export_onnx
 
     net, shape = build(model)
     batches = calibration(model, shape)
-    fp32, prepped = folder / f"{model}-fp32.onnx", folder / f"{model}-prep.onnx"
+    fp32 = export_float_onnx(net, batches[0][:1], folder / f"{model}-fp32.onnx")
+    prepped = folder / f"{model}-prep.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (batches[0][:1],), str(fp32), dynamo=False, opset_version=17,
-                          input_names=["input_0"], output_names=["output_0"],
-                          dynamic_axes={"input_0": {0: "batch"}, "output_0": {0: "batch"}})
-        saved = onnx.load(str(fp32))
-        saved.ir_version = IR_VERSION
-        onnx.save(saved, str(fp32))
         quant_pre_process(str(fp32), str(prepped))
         qmodel = lowbit.quantize(net, "w8a8", calibration=batches, progress=False)
     lowbit_path = export_onnx(qmodel, batches[0][:1], folder / f"{model}-lowbit.onnx")
@@ -157,34 +117,23 @@ def prepare(model: str, folder: Path) -> dict[str, str]:
 
 
 def main() -> None:
+    from lowbit.export.bench import Candidate, time_candidates
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", nargs=5, metavar=("BACKEND", "MODEL", "PATH", "BATCH", "THREADS"))
     parser.add_argument("--models", default="resnet20,resnet56x56")
     args = parser.parse_args()
-    if args.worker:
-        backend, model, path, batch, threads = args.worker
-        worker(backend, model, path, int(batch), int(threads))
-        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
             paths = prepare(model, Path(tmp))
             sizes = {k: Path(v).stat().st_size for k, v in paths.items() if v}
+            source = "zoo:resnet20" if model == "resnet20" else f"{Path(__file__).resolve()}:ResNet56x56"
+            candidates = {k: Candidate("ort", v) if v else Candidate("torch", source) for k, v in paths.items()}
+            shape = build(model)[1]
             for batch in BATCHES:
                 for threads in THREADS:
-                    cell = {"model": model, "batch": batch, "threads": threads, "bytes": sizes}
-                    samples: dict[str, list[float]] = {backend: [] for backend in paths}
-                    for _ in range(ROUNDS):  # backends interleaved, each round in fresh processes
-                        for backend, path in paths.items():
-                            kind = "torch" if backend == "torch-fp32" else "ort"
-                            done = subprocess.run([sys.executable, __file__, "--worker", kind, model, path or "-",
-                                                   str(batch), str(threads)], capture_output=True, text=True,
-                                                  check=True)
-                            samples[backend].append(json.loads(done.stdout.strip().splitlines()[-1])["ms"])
-                            time.sleep(0.5)
-                    for backend, values in samples.items():
-                        cell[backend] = round(statistics.median(values), 3)
-                    cell["samples_ms"] = samples
+                    cell = {"model": model, "batch": batch, "threads": threads, "bytes": sizes,
+                            **time_candidates(candidates, shape, batch, threads, rounds=ROUNDS)}
                     best_fp32 = min(cell["torch-fp32"], cell["ort-fp32"])
                     cell["speedup_vs_best_fp32"] = round(best_fp32 / cell["ort-int8-lowbit"], 2)
                     cell["lowbit_vs_ort_quantizer"] = round(cell["ort-int8-onnxruntime"] / cell["ort-int8-lowbit"], 3)

@@ -129,6 +129,48 @@ def export(
     typer.echo(json.dumps(result) if as_json else f"wrote {path} ({result['bytes']:,} bytes)")
 
 
+@app.command()
+def bench(
+    model: str = typer.Option(..., help="zoo:NAME or path/to/file.py:factory"),
+    recipe: str = typer.Option("w8a8", help="a static or weight-only 8-bit preset, or a recipe file"),
+    weights: Path = typer.Option(None, help="weights for a file model"),
+    calib: int = typer.Option(256, min=1, help="calibration samples"),
+    batch: str = typer.Option("1,8", help="batch sizes, comma-separated"),
+    threads: str = typer.Option("1,2", help="thread counts, comma-separated"),
+    rounds: int = typer.Option(3, min=1, help="fresh processes per measurement (the median is kept)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+) -> None:
+    """Time fp32 PyTorch, fp32 ONNX Runtime and the int8 model in ONNX Runtime, each in its own process."""
+    from lowbit.jobs import run_bench
+
+    try:
+        batches, counts = (tuple(int(v) for v in text.split(",")) for text in (batch, threads))
+    except ValueError:
+        _fail(f"--batch and --threads take comma-separated integers, got {batch!r} and {threads!r}")
+    if any(v < 1 for v in batches + counts):
+        _fail(f"--batch and --threads must be positive, got {batch!r} and {threads!r}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = run_bench(model, recipe, calib=calib, weights=weights, batches=batches, threads=counts,
+                               rounds=rounds)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        _fail(str(error))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    table = Table(title=f"{model} ({result['recipe']}): median ms, each in its own process")
+    for column in ("batch", "threads", "pytorch fp32", "onnxruntime fp32", "onnxruntime int8", "int8 vs best fp32"):
+        table.add_column(column, justify="right")
+    for c in result["cells"]:
+        table.add_row(str(c["batch"]), str(c["threads"]), f"{c['pytorch-fp32']:.2f}", f"{c['onnxruntime-fp32']:.2f}",
+                      f"{c['onnxruntime-int8']:.2f}", f"{c['speedup_vs_best_fp32']:.2f}×")
+    Console().print(table)
+    sizes = result["bytes"]
+    Console().print(f"ONNX bytes: fp32 {sizes['onnxruntime-fp32']:,}, int8 {sizes['onnxruntime-int8']:,} "
+                    f"({sizes['onnxruntime-fp32'] / sizes['onnxruntime-int8']:.1f}× smaller)", markup=False)
+
+
 def _score(side: dict[str, Any]) -> str:
     """The quality figure of one side: accuracy for classifiers; Spearman and cosine for text models."""
     if "accuracy" in side:

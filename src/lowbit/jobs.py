@@ -28,7 +28,7 @@ from lowbit.flows.ptq import quantize
 from lowbit.recipes import Mode, ObserverKind, Recipe, load_recipe
 from lowbit.serialize import build_from_source, folder_bytes, save_quantized
 
-__all__ = ["load_model", "run_ptq", "calibration_batches", "backend_of", "measure", "evaluation_for",
+__all__ = ["load_model", "run_ptq", "run_bench", "calibration_batches", "backend_of", "measure", "evaluation_for",
            "ImageEvaluation", "TextEvaluation"]
 
 # Latency is measured on one batch of this size: per-sample cost at a realistic serving batch.
@@ -202,3 +202,45 @@ def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path 
     # only static recipes calibrate activations: elsewhere no observer had any say in the result
     observer_used = spec.activation_observer.value if spec.mode is Mode.STATIC else None
     return {"model": model, "recipe": spec.name, "observer": observer_used, "fp32": fp32, "quantized": quantized}
+
+
+def run_bench(model: str, recipe: str | Recipe = "w8a8", calib: int = 256, weights: str | Path | None = None,
+              batches: tuple[int, ...] = (1, 8), threads: tuple[int, ...] = (1, 2), rounds: int = 3,
+              ) -> dict[str, Any]:
+    """Time fp32 PyTorch, fp32 ONNX Runtime and ``model`` quantized with ``recipe`` in ONNX Runtime (int8).
+
+    Every measurement runs in its own process (see :mod:`lowbit.export.bench`).
+
+    Returns:
+        ``{"model", "recipe", "bytes": {"onnxruntime-fp32", "onnxruntime-int8"}, "cells": [{"batch", "threads",
+        "pytorch-fp32", "onnxruntime-fp32", "onnxruntime-int8" (ms), "speedup_vs_best_fp32"}]}``.
+
+    Raises:
+        ValueError: a model whose inputs are not one tensor, or a recipe the ONNX export cannot carry.
+    """
+    import tempfile
+
+    from lowbit.export import Candidate, export_float_onnx, export_onnx, time_candidates
+
+    spec = load_recipe(recipe)
+    float_model = load_model(model, weights)
+    batches_in = evaluation_for(model, float_model).calibration(calib)
+    if not isinstance(batches_in[0], torch.Tensor):
+        raise ValueError(f"bench times models with one tensor input; {model} takes {type(batches_in[0]).__name__}")
+    qmodel = quantize(float_model, spec, calibration=batches_in, progress=False)
+    example = batches_in[0][:1]
+    with tempfile.TemporaryDirectory() as folder:
+        fp32 = export_float_onnx(float_model, example, Path(folder) / "fp32.onnx")
+        int8 = export_onnx(qmodel, example, Path(folder) / "int8.onnx")
+        candidates = {"pytorch-fp32": Candidate("torch", model), "onnxruntime-fp32": Candidate("ort", str(fp32)),
+                      "onnxruntime-int8": Candidate("ort", str(int8))}
+        cells = []
+        for batch in batches:
+            for count in threads:
+                cell = {"batch": batch, "threads": count,
+                        **time_candidates(candidates, tuple(example.shape[1:]), batch, count, rounds)}
+                best = min(cell["pytorch-fp32"], cell["onnxruntime-fp32"])
+                cell["speedup_vs_best_fp32"] = round(best / cell["onnxruntime-int8"], 2)
+                cells.append(cell)
+        sizes = {"onnxruntime-fp32": fp32.stat().st_size, "onnxruntime-int8": int8.stat().st_size}
+    return {"model": model, "recipe": spec.name, "bytes": sizes, "cells": cells}

@@ -6,6 +6,7 @@ Example:
     True
 """
 
-from lowbit.export.onnx import IR_VERSION, OPSET, export_onnx, ort_session
+from lowbit.export.bench import Candidate, time_candidates
+from lowbit.export.onnx import IR_VERSION, OPSET, export_float_onnx, export_onnx, ort_session
 
-__all__ = ["export_onnx", "ort_session", "OPSET", "IR_VERSION"]
+__all__ = ["export_onnx", "export_float_onnx", "ort_session", "OPSET", "IR_VERSION", "Candidate", "time_candidates"]

@@ -35,7 +35,7 @@ from lowbit.nn.layers import QuantConv, QuantLinear
 from lowbit.spec import PerChannel, PerTensor
 from lowbit.transforms.fold_bn import replace_module
 
-__all__ = ["export_onnx", "ort_session", "OPSET", "IR_VERSION"]
+__all__ = ["export_onnx", "export_float_onnx", "ort_session", "OPSET", "IR_VERSION"]
 
 # Per-axis DequantizeLinear needs opset 13; 17 is what ONNX Runtime 1.31's QDQ fusions are tested with.
 OPSET = 17
@@ -116,7 +116,7 @@ class _ExportLayer(nn.Module):
 
 def _input_scales(model: nn.Module) -> dict[str, float]:
     """Layer name → scale of the activation quantizer feeding it (through grid-keeping ops), where the graph says."""
-    from lowbit.flows.placement import _keeps_grid
+    from lowbit.flows.placement import keeps_grid
 
     if not isinstance(model, fx.GraphModule):
         return {}
@@ -126,7 +126,7 @@ def _input_scales(model: nn.Module) -> dict[str, float]:
         if node.op != "call_module" or not isinstance(modules.get(node.target), (QuantConv, QuantLinear)):
             continue
         source = node.args[0]
-        while isinstance(source, fx.Node) and _keeps_grid(source, modules):  # max pooling, flatten, … keep the grid
+        while isinstance(source, fx.Node) and keeps_grid(source, modules):  # max pooling, flatten, … keep the grid
             source = source.args[0]
         quantizer = modules.get(source.target) if isinstance(source, fx.Node) else None
         if isinstance(quantizer, ActivationQuantizer) and quantizer.frozen and not quantizer.bypass:
@@ -152,6 +152,12 @@ def _export_twin(model: nn.Module) -> nn.Module:
     return twin
 
 
+def export_float_onnx(model: nn.Module, example_inputs: torch.Tensor | tuple, path: str | Path) -> Path:
+    """Write an fp32 model as ONNX with the same conventions as :func:`export_onnx` (names, dynamic batch, IR
+    version) — the baseline it is compared with."""
+    return _export(model, example_inputs, Path(path))
+
+
 def export_onnx(qmodel: nn.Module, example_inputs: torch.Tensor | tuple, path: str | Path) -> Path:
     """Write ``qmodel`` (from :func:`lowbit.quantize`, static or weight-only, 8-bit) as a QDQ ONNX model.
 
@@ -161,12 +167,14 @@ def export_onnx(qmodel: nn.Module, example_inputs: torch.Tensor | tuple, path: s
         ValueError: a layer or quantizer the QDQ format cannot carry here (sub-8-bit, per-group, dynamic),
             named.
     """
+    return _export(_export_twin(qmodel), example_inputs, Path(path))
+
+
+def _export(twin: nn.Module, example_inputs: torch.Tensor | tuple, path: Path) -> Path:
     import onnx
 
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    twin = _export_twin(qmodel)
     with torch.no_grad():
         outputs = twin(*inputs)
     count = len(outputs) if isinstance(outputs, (tuple, list)) else 1

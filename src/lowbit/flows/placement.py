@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from lowbit.nn.layers import QuantConv, QuantLinear
 
-__all__ = ["Placement", "place_quantizers"]
+__all__ = ["Placement", "place_quantizers", "keeps_grid"]
 
 QUANT_LAYERS = (QuantLinear, QuantConv)
 _FUSABLE_MODULES = (nn.ReLU, nn.ReLU6)
@@ -56,7 +56,8 @@ def _is_join(node: fx.Node) -> bool:
     )
 
 
-def _keeps_grid(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+def keeps_grid(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` maps codes to codes on the grid it received (max pooling, ReLU, flatten, reshape, …)."""
     if node.op == "call_module":
         return isinstance(modules.get(node.target), _GRID_MODULES)
     if node.op == "call_function":
@@ -79,7 +80,7 @@ def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
 def _only_feeds_output(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """Whether every use of ``node`` ends in the graph output, passing only through grid-keeping ops."""
     return bool(node.users) and all(
-        user.op == "output" or (_keeps_grid(user, modules) and _only_feeds_output(user, modules))
+        user.op == "output" or (keeps_grid(user, modules) and _only_feeds_output(user, modules))
         for user in node.users
     )
 
@@ -131,7 +132,7 @@ def _place(gm: fx.GraphModule, dynamic: bool) -> Placement:
             users = list(node.users)
             if not (len(users) == 1 and _is_fusable_activation(users[0], modules)):
                 quantize_after(node)
-        elif _keeps_grid(node, modules):
+        elif keeps_grid(node, modules):
             inputs = _tensor_inputs(node)
             source = inputs[0] if inputs else None
             fusing = source is not None and (_is_quant_layer(source, modules) or _is_join(source))
