@@ -97,3 +97,21 @@ def test_formats_qdq_cannot_carry_here_are_named(recipe, message, fashion, tmp_p
     with pytest.raises(ValueError, match=message):
         export_onnx(q, images[:1], tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_minilm_exports_and_runs_int8_matmuls_in_onnxruntime(tmp_path):
+    pytest.importorskip("transformers")
+    entry = load("minilm")
+    model, sentences = entry.model, __import__("lowbit").zoo.stdlib_sentences(64)
+    q = _quantize(model, "w8a8", [model.tokenize(sentences[i : i + 32]) for i in (0, 32)])
+    tokens = model.tokenize([text for text, _ in entry.test][:8], max_length=128)
+    example = (tokens["input_ids"], tokens["attention_mask"])
+    path = export_onnx(q, example, tmp_path / "minilm.onnx")
+    session = ort_session(path, optimized_path=tmp_path / "optimized.onnx")
+    kernels = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    assert kernels["MatMulIntegerToFloat"] == 36  # every encoder Linear runs as an int8 GEMM
+    out = session.run(None, {"input_0": example[0].numpy(), "input_1": example[1].numpy()})[0]
+    with torch.no_grad():
+        reference = model(*example).numpy()
+    cosine = (out * reference).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.mean() >= 0.99

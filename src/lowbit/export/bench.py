@@ -32,6 +32,7 @@ class Candidate:
 
     kind: str
     target: str
+    feed: str | None = None  # an .npz of named inputs (ONNX Runtime only), used instead of random inputs
 
 
 def median_ms(call: Callable[[], object], min_seconds: float = 1.5, min_runs: int = 15, warmup: int = 3,
@@ -48,7 +49,7 @@ def median_ms(call: Callable[[], object], min_seconds: float = 1.5, min_runs: in
     return 1000.0 * statistics.median(samples), len(samples)
 
 
-def _worker(kind: str, target: str, batch: int, threads: int, shape: tuple[int, ...]) -> float:
+def _worker(kind: str, target: str, batch: int, threads: int, shape: tuple[int, ...], feed_path: str = "-") -> float:
     import torch
 
     if kind == "torch":
@@ -62,8 +63,12 @@ def _worker(kind: str, target: str, batch: int, threads: int, shape: tuple[int, 
     from lowbit.export.onnx import ort_session
 
     session = ort_session(target, threads=threads)
-    name = session.get_inputs()[0].name
-    feed = {name: torch.randn(batch, *shape).numpy()}
+    if feed_path != "-":
+        import numpy as np
+
+        feed = dict(np.load(feed_path))
+    else:
+        feed = {session.get_inputs()[0].name: torch.randn(batch, *shape).numpy()}
     return median_ms(lambda: session.run(None, feed))[0]
 
 
@@ -78,7 +83,7 @@ def time_candidates(candidates: dict[str, Candidate], shape: tuple[int, ...], ba
     for _ in range(rounds):
         for name, c in candidates.items():
             done = subprocess.run([sys.executable, "-m", "lowbit.export.bench", "--worker", c.kind, c.target,
-                                   str(batch), str(threads), ",".join(map(str, shape))],
+                                   str(batch), str(threads), ",".join(map(str, shape)), c.feed or "-"],
                                   capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"timing {name} failed: {done.stderr.strip()[-800:]}")
@@ -89,9 +94,10 @@ def time_candidates(candidates: dict[str, Candidate], shape: tuple[int, ...], ba
 
 def _main() -> None:
     parser = argparse.ArgumentParser(description="time one candidate in this process (used by time_candidates)")
-    parser.add_argument("--worker", nargs=5, metavar=("KIND", "TARGET", "BATCH", "THREADS", "SHAPE"), required=True)
-    kind, target, batch, threads, shape = parser.parse_args().worker
-    ms = _worker(kind, target, int(batch), int(threads), tuple(int(d) for d in shape.split(",")))
+    parser.add_argument("--worker", nargs=6, metavar=("KIND", "TARGET", "BATCH", "THREADS", "SHAPE", "FEED"),
+                        required=True)
+    kind, target, batch, threads, shape, feed = parser.parse_args().worker
+    ms = _worker(kind, target, int(batch), int(threads), tuple(int(d) for d in shape.split(",") if d), feed)
     print(json.dumps({"ms": round(ms, 4)}))
 
 
