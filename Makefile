@@ -36,6 +36,8 @@ bench: $(STAMP) data peers
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/weight_sqnr.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/calibration_cost.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/ptq_accuracy.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/onnx_speed.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/engine_agreement.py
 
 # Peer quantizers (torchao, NNCF) live in their own environment with the same torch pin; only benchmarks use it.
 PEERS_VENV := .venv-peers
