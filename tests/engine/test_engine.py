@@ -133,3 +133,25 @@ def test_unsupported_ops_and_models_are_named():
         lower(weight_only, torch.randn(1, 8))
     assert np.isfinite(lower(_quantize(nn.Sequential(nn.Linear(8, 2)).eval(), "w8a8", [torch.randn(4, 8)]),
                              torch.randn(1, 8))(torch.randn(2, 8)).numpy()).all()
+
+
+def test_fast_float32_path_gives_the_reference_integers(fashion):
+    images, calibration = fashion
+    q = _quantize(load("resnet20").model, "w8a8", calibration)
+    for mode in Requant:
+        program = lower(q, images[:1], mode=mode)
+        assert all(op["exact_float32"] for op in program.ops if op["op"] in ("conv", "linear"))
+        program.fast = True
+        fast = program(images[:64])
+        program.fast = False
+        assert torch.equal(fast, program(images[:64]))
+
+
+def test_exactness_bound_refuses_sums_that_could_round():
+    from lowbit.engine.kernels import FLOAT32_EXACT, exact_in_float32
+
+    w = torch.full((2, 600), 127, dtype=torch.int32)
+    zero = torch.zeros(2, dtype=torch.int32)
+    assert 255 * 127 * 600 > FLOAT32_EXACT and not exact_in_float32(255, w, zero, None)
+    assert exact_in_float32(255, w[:, :500], zero, None)  # 255 · 127 · 500 < 2^24
+    assert not exact_in_float32(255, w[:, :500], zero, torch.tensor([2**24]))

@@ -25,7 +25,10 @@ from torch.nn import functional as F
 from lowbit.functional.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
 
 __all__ = ["Requant", "requantize", "check_int32", "conv_accumulate", "linear_accumulate", "add", "global_avg_pool",
-           "avg_pool", "float_multiplier"]
+           "avg_pool", "float_multiplier", "exact_in_float32", "FLOAT32_EXACT"]
+
+# Every integer of magnitude below 2^24 is a float32, and so is every partial sum that stays below it.
+FLOAT32_EXACT = 2**24
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -78,15 +81,32 @@ def _centered(codes: torch.Tensor, zero_point: torch.Tensor | int, shape: list[i
     return codes.to(torch.float64) - zp
 
 
+def exact_in_float32(input_bound: int, w: torch.Tensor, w_zero_point: torch.Tensor, bias: torch.Tensor | None,
+                     ) -> bool:
+    """Whether float32 sums reproduce the integer accumulator exactly: ``max|x − z_x| · max_c Σ|w − z_w| + |b|``
+    bounds every partial sum in any order, so below 2^24 no rounding can happen (docs/math.md, E1)."""
+    centered = _centered(w, w_zero_point, [-1] + [1] * (w.dim() - 1)).abs().flatten(1).sum(1)
+    bound = input_bound * float(centered.max()) + (float(bias.abs().max()) if bias is not None else 0.0)
+    return bound < FLOAT32_EXACT
+
+
 def conv_accumulate(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, w_zero_point: torch.Tensor,
                     bias: torch.Tensor | None, stride: tuple, padding: tuple, dilation: tuple, groups: int,
-                    where: str) -> torch.Tensor:
+                    where: str, exact: bool = False) -> torch.Tensor:
     """int32 accumulator of a convolution on codes: ``Σ (q_x − z_x)(q_w − z_w) + bias``.
 
-    Padding is with the input zero point (a real zero), i.e. zero after centring.
+    Padding is with the input zero point (a real zero), i.e. zero after centring. ``exact=True`` (allowed only
+    when :func:`exact_in_float32` holds) sums in float32 with PyTorch's fast convolution and returns the same
+    integers as float32 values; otherwise the sum is float64, then checked against int32.
     """
     conv = F.conv1d if w.dim() == 3 else F.conv2d
     shape = [-1] + [1] * (w.dim() - 1)
+    if exact:  # float32 sums are exact here (see exact_in_float32): the fast path, same integers
+        acc32 = conv(x.to(torch.float32) - x_zero_point, (w.to(torch.float32) - w_zero_point.reshape(shape)), None,
+                     stride, padding, dilation, groups)
+        if bias is not None:
+            acc32 = acc32 + bias.to(torch.float32).reshape([1, -1] + [1] * (w.dim() - 2))
+        return acc32
     acc = conv(_centered(x, x_zero_point), _centered(w, w_zero_point, shape), None, stride, padding, dilation, groups)
     if bias is not None:
         acc = acc + bias.to(torch.float64).reshape([1, -1] + [1] * (w.dim() - 2))
@@ -94,8 +114,11 @@ def conv_accumulate(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, w_zero_
 
 
 def linear_accumulate(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, w_zero_point: torch.Tensor,
-                      bias: torch.Tensor | None, where: str) -> torch.Tensor:
-    """int32 accumulator of ``x · Wᵀ`` on codes, plus the int32 bias."""
+                      bias: torch.Tensor | None, where: str, exact: bool = False) -> torch.Tensor:
+    """int32 accumulator of ``x · Wᵀ`` on codes, plus the int32 bias (``exact``: as :func:`conv_accumulate`)."""
+    if exact:
+        acc32 = (x.to(torch.float32) - x_zero_point) @ (w.to(torch.float32) - w_zero_point.reshape(-1, 1)).T
+        return acc32 + bias.to(torch.float32) if bias is not None else acc32
     acc = _centered(x, x_zero_point) @ _centered(w, w_zero_point, [-1, 1]).T
     if bias is not None:
         acc = acc + bias.to(torch.float64)

@@ -27,7 +27,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 
-from lowbit.engine.kernels import Requant
+from lowbit.engine.kernels import Requant, exact_in_float32
 from lowbit.engine.program import Program
 from lowbit.functional.affine import accumulator_bias
 from lowbit.nn.activation import ActivationQuantizer
@@ -133,6 +133,11 @@ class _Lowering:
             codes, _ = accumulator_bias(layer.bias, x["grid"]["scale"], layer.weight_scale)
             self.tensors[f"{prefix}.bias"] = codes
             op["bias"] = f"{prefix}.bias"
+        grid_in = x["grid"]
+        input_bound = max(grid_in["zero_point"] - grid_in["qmin"], grid_in["qmax"] - grid_in["zero_point"])
+        op["exact_float32"] = exact_in_float32(input_bound, self.tensors[f"{prefix}.weight"],
+                                               self.tensors[f"{prefix}.weight_zero_point"],
+                                               self.tensors.get(f"{prefix}.bias"))
         if isinstance(layer, QuantConv):
             op.update(stride=list(layer.stride), padding=list(layer.padding), dilation=list(layer.dilation),
                       groups=layer.groups)

@@ -38,6 +38,9 @@ class Program:
     outputs: list[str]
     mode: Requant = Requant.FLOAT
     notes: list[str] = field(default_factory=list)
+    # use float32 sums where they are provably exact (ops marked ``exact_float32`` by lower); False: the float64
+    # reference everywhere. Both give the same integers.
+    fast: bool = True
 
     @torch.no_grad()
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
@@ -61,11 +64,14 @@ class Program:
         if kind in ("conv", "linear"):
             w, w_zp = t[op["weight"]], t[op["weight_zero_point"]]
             bias = t[op["bias"]] if op.get("bias") else None
+            exact = bool(op.get("exact_float32")) and self.fast
             if kind == "conv":
                 acc = K.conv_accumulate(x, op["in_zero_point"], w, w_zp, bias, tuple(op["stride"]),
-                                        tuple(op["padding"]), tuple(op["dilation"]), op["groups"], op["name"])
+                                        tuple(op["padding"]), tuple(op["dilation"]), op["groups"], op["name"], exact)
             else:
-                acc = K.linear_accumulate(x, op["in_zero_point"], w, w_zp, bias, op["name"])
+                acc = K.linear_accumulate(x, op["in_zero_point"], w, w_zp, bias, op["name"], exact)
+            if exact and mode is Requant.FIXED_POINT:
+                acc = acc.to(torch.int64)  # exact integers, held as float32
             w_scale = t[op["weight_scale"]].reshape([1, -1] + [1] * (acc.dim() - 2))
             if out is None:  # a float output: the accumulator dequantized, never re-quantized
                 return acc.to(torch.float32) * K.float_multiplier(op["in_scale"], w_scale)
