@@ -27,12 +27,18 @@ Batch = torch.Tensor | tuple | dict
 
 
 def call(model: nn.Module, batch: Batch):
-    """``model(batch)``, ``model(*batch)`` or ``model(**batch)`` according to the batch's form."""
+    """``model(batch)``, ``model(*batch)`` or ``model(**batch)`` according to the batch's form.
+
+    Raises:
+        ValueError: a batch of another kind, named.
+    """
+    if isinstance(batch, torch.Tensor):
+        return model(batch)
     if isinstance(batch, dict):
         return model(**batch)
-    if isinstance(batch, tuple):
+    if isinstance(batch, (tuple, list)):
         return model(*batch)
-    return model(batch)
+    raise ValueError(f"a batch must be a tensor, a tuple of inputs or a dict, got {type(batch).__name__}")
 
 
 @torch.no_grad()

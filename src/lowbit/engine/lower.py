@@ -105,11 +105,8 @@ class _Lowering:
         self.ops.append(op)
         value = {"name": node.name, "grid": grid}
         self.values[node] = value
-        if holder is not None:
+        if holder is not None:  # the quantizer after the op (the fused ReLU between them has no other user)
             self.values[holder] = value
-            for between in self.absorbed:  # a fused ReLU between the op and its quantizer holds the same value
-                if between.args and between.args[0] is node:
-                    self.values[between] = value
 
     # --- ops -------------------------------------------------------------------------------------------------
 
@@ -209,8 +206,8 @@ class _Lowering:
                 inputs.append(node.name)
                 self.values[node] = {"name": node.name, "grid": None}
             elif node.op == "output":
-                for result in fx.node.map_arg(node.args[0], lambda n: n) if isinstance(node.args[0], tuple) else (
-                        node.args[0],):
+                results = node.args[0] if isinstance(node.args[0], (tuple, list)) else (node.args[0],)
+                for result in results:
                     value = self.values[result]
                     if value["grid"] is not None:
                         name = f"{value['name']}_float"

@@ -98,7 +98,7 @@ def _main() -> None:
                         required=True)
     kind, target, batch, threads, shape, feed = parser.parse_args().worker
     ms = _worker(kind, target, int(batch), int(threads), tuple(int(d) for d in shape.split(",") if d), feed)
-    print(json.dumps({"ms": round(ms, 4)}))
+    sys.stdout.write(json.dumps({"ms": round(ms, 4)}) + "\n")  # the worker's answer to time_candidates
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from lowbit.analysis.evaluation import call
 from lowbit.flows.placement import place_quantizers
 from lowbit.nn.activation import ActivationQuantizer
 from lowbit.nn.cast import CastModel
@@ -176,16 +177,6 @@ def _insert_quantizers(gm: fx.GraphModule, recipe: Recipe, summary: Quantization
     gm.recompile()
 
 
-def _call(model: nn.Module, batch: Any) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return model(batch)
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    raise ValueError(f"a calibration batch must be a tensor, a tuple of inputs or a dict, got {type(batch).__name__}")
-
-
 @torch.no_grad()
 def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool = True) -> int:
     """Run ``batches`` through ``model`` with every static :class:`ActivationQuantizer` observing, then freeze.
@@ -203,7 +194,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool = True) -
     try:
         for seen, batch in enumerate(_progress(batches, progress), start=1):
             try:
-                _call(model, batch)
+                call(model, batch)
             except (ValueError, RuntimeError) as err:  # torch reports wrong input shapes as RuntimeError
                 raise ValueError(f"calibration batch {seen} ({_describe(batch)}): {err}") from err
     finally:
