@@ -101,16 +101,11 @@ def prepare(model: str, folder: Path) -> dict[str, str]:
         qmodel = lowbit.quantize(net, "w8a8", calibration=batches, progress=False)
     lowbit_path = export_onnx(qmodel, batches[0][:1], folder / f"{model}-lowbit.onnx")
 
-    class Reader:
-        def __init__(self) -> None:
-            self.feeds = iter([{"input_0": b.numpy()} for b in batches])
-
-        def get_next(self):
-            return next(self.feeds, None)
+    from ptq_accuracy import CalibrationReader  # the same reader the accuracy benchmark hands to ORT
 
     ort_path = folder / f"{model}-ort.onnx"
-    quantize_static(str(prepped), str(ort_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    quantize_static(str(prepped), str(ort_path), CalibrationReader(batches, "input_0"), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax)
     return {"torch-fp32": "", "ort-fp32": str(fp32), "ort-int8-lowbit": str(lowbit_path),
             "ort-int8-onnxruntime": str(ort_path)}

@@ -99,7 +99,7 @@ def mcnemar(a: np.ndarray, b: np.ndarray) -> dict:
     return {"only_lowbit": only_a, "only_peer": only_b, "p_value": round(p, 4)}
 
 
-class _Reader:
+class CalibrationReader:
     """ONNX Runtime's calibration reader over lowbit's calibration batches (the same images, the same order)."""
 
     def __init__(self, batches: list[torch.Tensor], input_name: str) -> None:
@@ -153,9 +153,9 @@ def onnxruntime_rows(models: list[str], workdir: Path) -> list[dict]:
                 calibrator = create_calibrator(prepped, augmented_model_path=str(workdir / "augmented.onnx"),
                                                calibrate_method=getattr(CalibrationMethod, method),
                                                extra_options=options)
-                calibrator.collect_data(_Reader(batches, "x"))
+                calibrator.collect_data(CalibrationReader(batches, "x"))
                 save_tensors_data(calibrator.compute_data(), cache)
-            quantize_static(str(prepped), str(out), _Reader(batches, "x"), quant_format=QuantFormat.QDQ,
+            quantize_static(str(prepped), str(out), CalibrationReader(batches, "x"), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=getattr(CalibrationMethod, method), calibration_cache_path=cache)
             rows.append({"model": name, "library": f"onnxruntime {onnxruntime.__version__}",
