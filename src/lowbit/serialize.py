@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lowbit.flows.ptq import prepare
+from lowbit.flows.ptq import bind_accumulator_bias, prepare
 from lowbit.functional.packing import pack, unpack
 from lowbit.nn.layers import QuantConv, QuantLinear
 from lowbit.recipes import Recipe
@@ -153,6 +153,7 @@ def load_quantized(folder: str | Path, model: nn.Module | None = None) -> nn.Mod
         raise ValueError(f"{folder / _WEIGHTS} does not match the model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, shape mismatch {wrong[:5]}")
     structure.load_state_dict(state, strict=False)
+    bind_accumulator_bias(structure)  # the integer-grid bias follows from the loaded scales (not stored twice)
     structure.lowbit_source = meta["source"]  # where the architecture came from: decides how it is evaluated
     return structure
 

@@ -117,16 +117,16 @@ def test_save_load_round_trip_and_damaged_files(fashion, tmp_path):
 
 
 def test_unsupported_ops_and_models_are_named():
-    class WithNorm(nn.Module):
+    class WithSoftplus(nn.Module):
         def __init__(self):
             super().__init__()
-            self.fc, self.norm, self.out = nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 2)
+            self.fc, self.smooth, self.out = nn.Linear(8, 8), nn.Softplus(), nn.Linear(8, 2)
 
         def forward(self, x):
-            return self.out(self.norm(self.fc(x)))
+            return self.out(self.smooth(self.fc(x)))
 
-    q = _quantize(WithNorm().eval(), "w8a8", [torch.randn(16, 8)])
-    with pytest.raises(ValueError, match="norm"):
+    q = _quantize(WithSoftplus().eval(), "w8a8", [torch.randn(16, 8)])
+    with pytest.raises(ValueError, match="smooth .Softplus"):
         lower(q, torch.randn(1, 8))
     weight_only = _quantize(nn.Sequential(nn.Linear(8, 2)).eval(), "w8", [torch.randn(4, 8)])
     with pytest.raises(ValueError, match="static recipe"):
@@ -135,16 +135,30 @@ def test_unsupported_ops_and_models_are_named():
                              torch.randn(1, 8))(torch.randn(2, 8)).numpy()).all()
 
 
-def test_fast_float32_path_gives_the_reference_integers(fashion):
+@pytest.mark.parametrize("name", ["mlp", "lenet5", "resnet20", "mobilenetv2"])
+def test_fast_paths_give_the_reference_integers(fashion, name):
     images, calibration = fashion
-    q = _quantize(load("resnet20").model, "w8a8", calibration)
+    # quantized logits: every output is a code, so equal floats mean equal integers
+    q = _quantize(load(name).model, lowbit.Recipe(quantize_output=True), calibration)
     for mode in Requant:
         program = lower(q, images[:1], mode=mode)
         assert all(op["exact_float32"] for op in program.ops if op["op"] in ("conv", "linear"))
-        program.fast = True
+        runner, why = program.fast_runner
+        assert (runner is not None) == (mode is Requant.FLOAT), why
+        program.fast = True  # FLOAT: the fast runner; FIXED_POINT: float32 sums inside the reference kernels
         fast = program(images[:64])
-        program.fast = False
+        program.fast = False  # float64 sums everywhere
         assert torch.equal(fast, program(images[:64]))
+
+
+def test_fast_runner_refuses_a_layer_whose_sums_could_round():
+    q = _quantize(nn.Sequential(nn.Linear(8, 4)).eval(), "w8a8", [torch.randn(16, 8)])
+    program = lower(q, torch.randn(1, 8))
+    program.ops[1]["exact_float32"] = False
+    runner, why = program.fast_runner
+    assert runner is None and "exact range" in why
+    x = torch.randn(3, 8)
+    assert torch.equal(program(x), lower(q, torch.randn(1, 8))(x))  # the reference kernels answer instead
 
 
 def test_exactness_bound_refuses_sums_that_could_round():
@@ -155,3 +169,26 @@ def test_exactness_bound_refuses_sums_that_could_round():
     assert 255 * 127 * 600 > FLOAT32_EXACT and not exact_in_float32(255, w, zero, None)
     assert exact_in_float32(255, w[:, :500], zero, None)  # 255 · 127 · 500 < 2^24
     assert not exact_in_float32(255, w[:, :500], zero, torch.tensor([2**24]))
+
+
+@pytest.mark.parametrize("bits", [2, 4, 6])
+def test_sub_8_bit_grids_lower_and_match_the_simulation(fashion, bits):
+    from lowbit.spec import PerChannel, QuantSpec
+
+    images, calibration = fashion
+    recipe = lowbit.Recipe(weight=QuantSpec(bits=bits, granularity=PerChannel(0), narrow_range=True),
+                           activation=QuantSpec(bits=bits, signed=False, symmetric=False), quantize_output=True)
+    q = _quantize(load("lenet5").model, recipe, calibration)
+    program = lower(q, images[:1])
+    layers = [op for op in program.ops if op["op"] in ("conv", "linear")]
+    assert all(op["out"] is None or op["out"]["qmax"] - op["out"]["qmin"] <= 2**bits - 1 for op in layers)
+    limit = 2 ** (bits - 1) - 1
+    assert all(int(program.tensors[op["weight"]].abs().max()) <= limit for op in layers)  # real b-bit codes
+    engine = program(images)
+    with torch.no_grad():
+        simulated = q(images)
+    step = float([m for m in q.modules() if isinstance(m, ActivationQuantizer)][-1].scale)
+    lsb = ((engine - simulated).abs() / step).round()
+    assert (lsb > 0).float().mean() <= 0.01 and (engine.argmax(1) == simulated.argmax(1)).float().mean() >= 0.99
+    program.fast = False
+    assert torch.equal(program(images), engine)

@@ -24,7 +24,8 @@ from torch.nn import functional as F
 
 from lowbit.functional.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
 
-__all__ = ["Requant", "requantize", "check_int32", "conv_accumulate", "linear_accumulate", "add", "global_avg_pool",
+__all__ = ["Requant", "requantize", "check_int32", "conv_accumulate", "linear_accumulate", "add", "concat",
+           "global_avg_pool",
            "avg_pool", "float_multiplier", "exact_in_float32", "FLOAT32_EXACT"]
 
 # Every integer of magnitude below 2^24 is a float32, and so is every partial sum that stays below it.
@@ -141,6 +142,13 @@ def add(a: torch.Tensor, a_scale: float, a_zero_point: int, b: torch.Tensor, b_s
     m0, shift = quantize_multiplier(twice_max / ((1 << left_shift) * out_scale))
     scaled = multiply_by_quantized_multiplier(terms[0] + terms[1], m0, shift)
     return torch.clamp(scaled.to(torch.int64) + out_zero_point, qmin, qmax).to(torch.int32)
+
+
+def concat(parts: list[tuple[torch.Tensor, float, int]], dim: int, out_scale: float, out_zero_point: int,
+           qmin: int, qmax: int, mode: Requant) -> torch.Tensor:
+    """Codes of ``cat`` of ``(codes, scale, zero_point)`` parts on one output grid, each part rescaled to it."""
+    return torch.cat([requantize(codes.to(torch.int64) - zp, float_multiplier(scale, divide_by=out_scale),
+                                 out_zero_point, qmin, qmax, mode) for codes, scale, zp in parts], dim)
 
 
 def global_avg_pool(x: torch.Tensor, in_scale: float, in_zero_point: int, out_scale: float, out_zero_point: int,

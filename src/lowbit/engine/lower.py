@@ -38,8 +38,15 @@ __all__ = ["lower"]
 _RELU = (nn.ReLU, F.relu, torch.relu)
 _RELU6 = (nn.ReLU6, F.relu6)
 _ADD = (operator.add, torch.add)
+_MUL = (operator.mul, torch.mul)
+_CAT = (torch.cat, torch.concat)
 _RESHAPE_METHODS = {"view", "reshape", "flatten"}
 _PASS_MODULES = (nn.Identity, nn.Dropout)
+# float islands: element-wise or normalising ops run in float32 between a dequantize and the next quantize
+_ISLAND_MODULES = {nn.GELU: "gelu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Softmax: "softmax",
+                   nn.LogSoftmax: "log_softmax", nn.LayerNorm: "layer_norm"}
+_ISLAND_FUNCTIONS = {F.gelu: "gelu", torch.sigmoid: "sigmoid", torch.tanh: "tanh", F.softmax: "softmax",
+                     torch.softmax: "softmax", F.log_softmax: "log_softmax"}
 
 
 def _grid(q: ActivationQuantizer) -> dict[str, Any]:
@@ -57,6 +64,7 @@ class _Lowering:
         self.tensors: dict[str, torch.Tensor] = {}
         self.values: dict[fx.Node, dict[str, Any]] = {}  # node → {"name", "grid" (None for float)}
         self.absorbed: set[fx.Node] = set()
+        self.dequantized: dict[str, str] = {}  # code value → its float twin, made once
 
     # --- helpers ---------------------------------------------------------------------------------------------
 
@@ -143,14 +151,107 @@ class _Lowering:
         self._emit(op, node, grid, holder)
 
     def add(self, node: fx.Node) -> None:
+        operands = [arg for arg in node.args[:2] if isinstance(arg, fx.Node)]
+        if len(operands) < 2 or any(self.values[arg]["grid"] is None for arg in operands) or self._quantized_next(
+                node) is None:
+            self.arithmetic(node, "add")  # a float operand or a float result: add the dequantized values
+            return
         a, b = (self._codes(arg, node) for arg in node.args[:2])
         grid, holder = self._output_grid(node)
-        if grid is None:
-            raise ValueError(f"lower: the add {node.name} has no output quantizer (quantize it, or keep it float)")
         op = {"op": "add", "a": a["name"], "b": b["name"], "a_scale": a["grid"]["scale"],
               "a_zero_point": a["grid"]["zero_point"], "b_scale": b["grid"]["scale"],
               "b_zero_point": b["grid"]["zero_point"], "out": grid}
         self._emit(op, node, grid, holder)
+
+    def concat(self, node: fx.Node) -> None:
+        parts = node.args[0]
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        if not isinstance(parts, (list, tuple)) or not all(isinstance(p, fx.Node) for p in parts) or not isinstance(
+                dim, int):
+            raise ValueError(f"lower: {self._describe(node)} needs a list of tensors and a constant dim")
+        if any(self.values[p]["grid"] is None for p in parts) or self._quantized_next(node) is None:
+            self.island(node, "cat", {"dim": dim}, args=tuple(parts))
+            return
+        grid, holder = self._output_grid(node)
+        values = [self.values[p] for p in parts]
+        op = {"op": "concat", "args": [v["name"] for v in values], "dim": dim,
+              "scales": [v["grid"]["scale"] for v in values], "zero_points": [v["grid"]["zero_point"] for v in values],
+              "out": grid}
+        self._emit(op, node, grid, holder)
+
+    def _quantized_next(self, node: fx.Node) -> fx.Node | None:
+        """The frozen quantizer ``node`` feeds (through a lone ReLU/ReLU6), without absorbing it."""
+        users = list(node.users)
+        if len(users) == 1 and (self._is(users[0], _RELU) or self._is(users[0], _RELU6)):
+            users = list(users[0].users)
+        quantizer = self._module(users[0]) if len(users) == 1 else None
+        if isinstance(quantizer, ActivationQuantizer) and quantizer.frozen and not (quantizer.bypass or
+                                                                                     quantizer.dynamic):
+            return users[0]
+        return None
+
+    def _float(self, node: fx.Node) -> str:
+        """The name of ``node``'s value as float32: itself, or a dequantize of its codes (emitted once)."""
+        value = self.values[node]
+        if value["grid"] is None:
+            return value["name"]
+        if value["name"] not in self.dequantized:
+            name = f"{value['name']}_float"
+            self.ops.append({"op": "dequantize", "x": value["name"], "y": name, "scale": value["grid"]["scale"],
+                             "zero_point": value["grid"]["zero_point"]})
+            self.dequantized[value["name"]] = name
+        return self.dequantized[value["name"]]
+
+    def island(self, node: fx.Node, fn: str, params: dict[str, Any] | None = None,
+               tensors: dict[str, torch.Tensor | None] | None = None, args: tuple | None = None) -> None:
+        """A float op on dequantized inputs (``args``, default all of the node's); its result is float until a
+        quantizer puts it back on a grid."""
+        args = node.args if args is None else args
+        if not all(isinstance(arg, fx.Node) for arg in args):
+            raise ValueError(f"lower: {self._describe(node)} with a constant operand is not supported")
+        op: dict[str, Any] = {"op": "float", "fn": fn, "args": [self._float(arg) for arg in args], "y": node.name,
+                              "params": params or {}, "tensors": {}}
+        for role, tensor in (tensors or {}).items():
+            if tensor is not None:
+                self.tensors[f"{node.target}.{role}"] = tensor.detach().to(torch.float32).contiguous()
+                op["tensors"][role] = f"{node.target}.{role}"
+        self.ops.append(op)
+        self.values[node] = {"name": node.name, "grid": None}
+
+    def arithmetic(self, node: fx.Node, fn: str) -> None:
+        """Float ``add``/``mul`` of two values, or of one value and a Python number."""
+        tensors = tuple(arg for arg in node.args if isinstance(arg, fx.Node))
+        numbers = [arg for arg in node.args if isinstance(arg, (int, float)) and not isinstance(arg, bool)]
+        if len(tensors) == 1 and len(numbers) == 1 and len(node.args) == 2 and not node.kwargs:
+            self.island(node, fn, {"constant": float(numbers[0])}, args=tensors)
+        else:
+            self.island(node, fn)
+
+    def island_module(self, node: fx.Node, module: nn.Module) -> None:
+        fn = _ISLAND_MODULES[type(module)]
+        if fn == "layer_norm":
+            self.island(node, fn, {"normalized_shape": list(module.normalized_shape), "eps": module.eps},
+                        {"weight": module.weight, "bias": module.bias})
+        elif fn in ("softmax", "log_softmax"):
+            if module.dim is None:
+                raise ValueError(f"lower: {self._describe(node)} needs an explicit dim")
+            self.island(node, fn, {"dim": module.dim})
+        elif fn == "gelu":
+            self.island(node, fn, {"approximate": module.approximate})
+        else:
+            self.island(node, fn)
+
+    def island_function(self, node: fx.Node) -> None:
+        fn = _ISLAND_FUNCTIONS[node.target]
+        params: dict[str, Any] = {}
+        if fn in ("softmax", "log_softmax"):
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+            if not isinstance(dim, int):
+                raise ValueError(f"lower: {self._describe(node)} needs a constant integer dim")
+            params["dim"] = dim
+        elif fn == "gelu":
+            params["approximate"] = node.kwargs.get("approximate", "none")
+        self.island(node, fn, params, args=node.args[:1])
 
     def pool(self, node: fx.Node, module: nn.Module) -> None:
         x = self._codes(node.args[0], node)
@@ -175,7 +276,7 @@ class _Lowering:
         if op is None:
             self.values[node] = source
             return
-        if source["grid"] is None:
+        if source["grid"] is None and op["op"] != "reshape":
             raise ValueError(f"lower: {self._describe(node)} on a float value is not supported")
         op.update(x=source["name"], y=node.name)
         self.ops.append(op)
@@ -222,6 +323,14 @@ class _Lowering:
                 self.quantizer(node, module)
             elif self._is(node, _ADD) or (node.op == "call_method" and node.target == "add"):
                 self.add(node)
+            elif node.op == "call_function" and node.target in _CAT:
+                self.concat(node)
+            elif self._is(node, _MUL) or (node.op == "call_method" and node.target == "mul"):
+                self.arithmetic(node, "mul")
+            elif module is not None and type(module) in _ISLAND_MODULES:
+                self.island_module(node, module)
+            elif node.op == "call_function" and node.target in _ISLAND_FUNCTIONS:
+                self.island_function(node)
             elif isinstance(module, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
                 self.pool(node, module)
             elif isinstance(module, nn.MaxPool2d) or (node.op == "call_function" and node.target is F.max_pool2d):
@@ -247,15 +356,20 @@ class _Lowering:
             raise ValueError(f"lower: functional max pooling {node.name} is not supported; use nn.MaxPool2d")
         pair = nn.modules.utils._pair
         stride = module.stride if module.stride is not None else module.kernel_size
-        self.same_grid(node, {"op": "maxpool", "kernel_size": list(pair(module.kernel_size)),
-                              "stride": list(pair(stride)), "padding": list(pair(module.padding)),
-                              "dilation": list(pair(module.dilation)), "ceil_mode": bool(module.ceil_mode)})
+        params = {"kernel_size": list(pair(module.kernel_size)), "stride": list(pair(stride)),
+                  "padding": list(pair(module.padding)), "dilation": list(pair(module.dilation)),
+                  "ceil_mode": bool(module.ceil_mode)}
+        if self.values[node.args[0]]["grid"] is None:
+            self.island(node, "max_pool2d", params)
+        else:
+            self.same_grid(node, {"op": "maxpool", **params})
 
     def relu(self, node: fx.Node) -> None:
         source = self.values[node.args[0]]
         grid = source["grid"]
         if grid is None:
-            raise ValueError(f"lower: {self._describe(node)} on a float value is not supported")
+            self.island(node, "relu6" if self._is(node, _RELU6) else "relu")
+            return
         high = grid["qmax"]
         if self._is(node, _RELU6):
             high = min(high, grid["zero_point"] + round(6.0 / grid["scale"]))

@@ -2,8 +2,9 @@
 safetensors.
 
 Values are int32 code tensors (their grid recorded in the op that made them) or float tensors (the model's
-inputs and float outputs). Ops: ``quantize``, ``dequantize``, ``conv``, ``linear``, ``add``, ``clamp``,
-``maxpool``, ``global_avgpool``, ``avgpool``, ``reshape``. :func:`lowbit.engine.lower` builds one from a model.
+inputs, float islands and float outputs). Ops: ``quantize``, ``dequantize``, ``conv``, ``linear``, ``add``,
+``concat``, ``clamp``, ``maxpool``, ``global_avgpool``, ``avgpool``, ``reshape`` and ``float`` (an island op from
+:mod:`lowbit.engine.islands` on dequantized values). :func:`lowbit.engine.lower` builds one from a model.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
 from lowbit.engine import kernels as K
+from lowbit.engine.fast import FastRunner, compile_fast
+from lowbit.engine.islands import ISLANDS, island_tensors, run_island
 from lowbit.engine.kernels import Requant
 
 __all__ = ["Program", "FORMAT"]
 
 FORMAT = "lowbit-program/1"
-_OPS = {"quantize", "dequantize", "conv", "linear", "add", "clamp", "maxpool", "global_avgpool", "avgpool",
-        "reshape"}
+_OPS = {"quantize", "dequantize", "conv", "linear", "add", "concat", "clamp", "maxpool", "global_avgpool", "avgpool",
+        "reshape", "float"}
 _JSON, _TENSORS = "program.json", "program.safetensors"
 
 
@@ -38,14 +41,27 @@ class Program:
     outputs: list[str]
     mode: Requant = Requant.FLOAT
     notes: list[str] = field(default_factory=list)
-    # use float32 sums where they are provably exact (ops marked ``exact_float32`` by lower); False: the float64
-    # reference everywhere. Both give the same integers.
+    # True: the fast runner (lowbit.engine.fast) when the program qualifies, else float32 sums in the reference
+    # kernels where they are provably exact (ops marked ``exact_float32`` by lower); False: the float64 reference
+    # everywhere. All give the same integers.
     fast: bool = True
+    _runner: Any = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def fast_runner(self) -> tuple[FastRunner | None, str | None]:
+        """The compiled fast runner (built once) or ``None`` and why this program runs on the reference kernels."""
+        if self._runner is None:
+            self._runner = compile_fast(self)
+        return self._runner
 
     @torch.no_grad()
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if len(inputs) != len(self.inputs):
             raise ValueError(f"the program takes {len(self.inputs)} inputs, got {len(inputs)}")
+        if self.fast:
+            runner, _ = self.fast_runner
+            if runner is not None:
+                return runner(*inputs)
         env: dict[str, torch.Tensor] = {name: x.to(torch.float32) for name, x in zip(self.inputs, inputs)}
         for op in self.ops:
             env[op["y"]] = self._run(op, env)
@@ -72,7 +88,8 @@ class Program:
                 acc = K.linear_accumulate(x, op["in_zero_point"], w, w_zp, bias, op["name"], exact)
             if exact and mode is Requant.FIXED_POINT:
                 acc = acc.to(torch.int64)  # exact integers, held as float32
-            w_scale = t[op["weight_scale"]].reshape([1, -1] + [1] * (acc.dim() - 2))
+            # one scale per output channel: axis 1 of a convolution's output, the last axis of a linear layer's
+            w_scale = t[op["weight_scale"]].reshape([1, -1] + [1] * (acc.dim() - 2) if kind == "conv" else [-1])
             if out is None:  # a float output: the accumulator dequantized, never re-quantized
                 return acc.to(torch.float32) * K.float_multiplier(op["in_scale"], w_scale)
             multiplier = K.float_multiplier(op["in_scale"], w_scale, divide_by=out["scale"])
@@ -81,6 +98,9 @@ class Program:
             a, b = env[op["a"]], env[op["b"]]
             return K.add(a, op["a_scale"], op["a_zero_point"], b, op["b_scale"], op["b_zero_point"], out["scale"],
                          out["zero_point"], out["qmin"], out["qmax"], mode)
+        if kind == "concat":
+            parts = [(env[name], scale, zp) for name, scale, zp in zip(op["args"], op["scales"], op["zero_points"])]
+            return K.concat(parts, op["dim"], out["scale"], out["zero_point"], out["qmin"], out["qmax"], mode)
         if kind == "clamp":
             return torch.clamp(x, op["min"], op["max"])
         if kind == "maxpool":  # max of codes is the code of the max (monotone map); padding never wins
@@ -95,6 +115,8 @@ class Program:
                               op["in_zero_point"], out["scale"], out["zero_point"], out["qmin"], out["qmax"], mode)
         if kind == "reshape":
             return x.reshape(x.shape[0], *op["shape"])
+        if kind == "float":
+            return run_island(op, [env[a] for a in op["args"]], island_tensors(op, t))
         raise ValueError(f"unknown op {kind!r}")
 
     def save(self, folder: str | Path) -> Path:
@@ -143,12 +165,15 @@ class Program:
         for i, op in enumerate(self.ops):
             if not isinstance(op, dict) or op.get("op") not in _OPS or "y" not in op:
                 raise ValueError(f"{where}: op {i} is not a known op: {op!r}"[:300])
-            for key in ("x", "a", "b"):
-                if key in op and op[key] not in known:
-                    raise ValueError(f"{where}: op {i} ({op['op']}) reads {op[key]!r}, which nothing computed before it")
-            for key in ("weight", "weight_scale", "weight_zero_point", "bias"):
-                if op.get(key) and op[key] not in self.tensors:
-                    raise ValueError(f"{where}: op {i} ({op['op']}) needs tensor {op[key]!r}, missing from the file")
+            if op["op"] == "float" and op.get("fn") not in ISLANDS:
+                raise ValueError(f"{where}: op {i} is an unknown float island {op.get('fn')!r}")
+            for value in [op[k] for k in ("x", "a", "b") if k in op] + list(op.get("args", [])):
+                if value not in known:
+                    raise ValueError(f"{where}: op {i} ({op['op']}) reads {value!r}, which nothing computed before it")
+            needed = [op[k] for k in ("weight", "weight_scale", "weight_zero_point", "bias") if op.get(k)]
+            for tensor in needed + list(op.get("tensors", {}).values()):
+                if tensor not in self.tensors:
+                    raise ValueError(f"{where}: op {i} ({op['op']}) needs tensor {tensor!r}, missing from the file")
             known.add(op["y"])
         missing = [o for o in self.outputs if o not in known]
         if missing:

@@ -28,7 +28,9 @@ __all__ = ["Candidate", "median_ms", "time_candidates"]
 @dataclass(frozen=True)
 class Candidate:
     """What to time: ``kind`` ``"torch"`` (``target`` a model source, ``zoo:NAME`` or ``file.py:factory``; weights
-    do not change speed, so the architecture is built untrained) or ``"ort"`` (``target`` an ONNX file)."""
+    do not change speed, so the architecture is built untrained), ``"torch-best"`` (the same with BatchNorm folded
+    and channels-last images: PyTorch's fastest fp32 path here), ``"engine"`` (``target`` a saved
+    :class:`lowbit.engine.Program` folder) or ``"ort"`` (``target`` an ONNX file)."""
 
     kind: str
     target: str
@@ -52,12 +54,24 @@ def median_ms(call: Callable[[], object], min_seconds: float = 1.5, min_runs: in
 def _worker(kind: str, target: str, batch: int, threads: int, shape: tuple[int, ...], feed_path: str = "-") -> float:
     import torch
 
-    if kind == "torch":
-        from lowbit.serialize import build_from_source
-
+    if kind in ("torch", "torch-best", "engine"):
         torch.set_num_threads(threads)
-        model = build_from_source(target).eval()
         x = torch.randn(batch, *shape)
+        if kind == "engine":
+            from lowbit.engine import Program
+
+            model: Callable[[torch.Tensor], object] = Program.load(target)
+        else:
+            from lowbit.serialize import build_from_source
+
+            model = build_from_source(target).eval()
+            if kind == "torch-best":
+                from lowbit.transforms import fold_bn
+
+                model = fold_bn(model)
+                if x.dim() == 4:
+                    model, x = model.to(memory_format=torch.channels_last), x.contiguous(
+                        memory_format=torch.channels_last)
         with torch.no_grad():
             return median_ms(lambda: model(x))[0]
     from lowbit.export.onnx import ort_session

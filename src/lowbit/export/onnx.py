@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from lowbit.flows.placement import input_scales
 from lowbit.functional.affine import accumulator_bias
 from lowbit.nn.activation import ActivationQuantizer
 from lowbit.nn.layers import QuantConv, QuantLinear
@@ -114,29 +115,9 @@ class _ExportLayer(nn.Module):
         return conv(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
 
 
-def _input_scales(model: nn.Module) -> dict[str, float]:
-    """Layer name → scale of the activation quantizer feeding it (through grid-keeping ops), where the graph says."""
-    from lowbit.flows.placement import keeps_grid
-
-    if not isinstance(model, fx.GraphModule):
-        return {}
-    modules = dict(model.named_modules())
-    scales = {}
-    for node in model.graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), (QuantConv, QuantLinear)):
-            continue
-        source = node.args[0]
-        while isinstance(source, fx.Node) and keeps_grid(source, modules):  # max pooling, flatten, … keep the grid
-            source = source.args[0]
-        quantizer = modules.get(source.target) if isinstance(source, fx.Node) else None
-        if isinstance(quantizer, ActivationQuantizer) and quantizer.frozen and not quantizer.bypass:
-            scales[str(node.target)] = float(quantizer.scale)
-    return scales
-
-
 def _export_twin(model: nn.Module) -> nn.Module:
     twin = copy.deepcopy(model).eval()
-    scales = _input_scales(twin)
+    scales = input_scales(twin)
     for name, module in list(twin.named_modules()):
         if isinstance(module, (QuantConv, QuantLinear)):
             replace_module(twin, name, _ExportLayer(module, name, scales.get(name)))

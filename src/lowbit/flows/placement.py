@@ -18,9 +18,10 @@ import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
+from lowbit.nn.activation import ActivationQuantizer
 from lowbit.nn.layers import QuantConv, QuantLinear
 
-__all__ = ["Placement", "place_quantizers", "keeps_grid"]
+__all__ = ["Placement", "place_quantizers", "keeps_grid", "input_scales"]
 
 QUANT_LAYERS = (QuantLinear, QuantConv)
 _FUSABLE_MODULES = (nn.ReLU, nn.ReLU6)
@@ -146,3 +147,22 @@ def _place(gm: fx.GraphModule, dynamic: bool) -> Placement:
         elif node.op == "call_module" and not isinstance(modules.get(node.target), QUANT_LAYERS):
             placement.float_modules.append(f"{node.target} ({type(modules[node.target]).__name__})")
     return placement
+
+
+def input_scales(model: nn.Module) -> dict[str, float]:
+    """Layer name → scale of the frozen activation quantizer feeding it (through grid-keeping ops), where a traced
+    graph says; empty for a model quantized layer by layer."""
+    if not isinstance(model, fx.GraphModule):
+        return {}
+    modules = dict(model.named_modules())
+    scales = {}
+    for node in model.graph.nodes:
+        if not _is_quant_layer(node, modules):
+            continue
+        source = node.args[0]
+        while isinstance(source, fx.Node) and keeps_grid(source, modules):  # max pooling, flatten, … keep the grid
+            source = source.args[0]
+        quantizer = modules.get(source.target) if isinstance(source, fx.Node) else None
+        if isinstance(quantizer, ActivationQuantizer) and quantizer.frozen and not quantizer.bypass:
+            scales[str(node.target)] = float(quantizer.scale)
+    return scales

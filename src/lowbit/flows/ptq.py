@@ -30,7 +30,7 @@ import torch
 from torch import fx, nn
 
 from lowbit.analysis.evaluation import call
-from lowbit.flows.placement import place_quantizers
+from lowbit.flows.placement import input_scales, place_quantizers
 from lowbit.nn.activation import ActivationQuantizer
 from lowbit.nn.cast import CastModel
 from lowbit.nn.layers import QuantConv, QuantLinear, WeightObserver
@@ -48,7 +48,7 @@ from lowbit.functional.affine import qparam_shape
 from lowbit.spec import PerChannel, PerGroup, QuantSpec
 from lowbit.transforms.fold_bn import fold_bn, modules_called_once, replace_module
 
-__all__ = ["quantize", "prepare", "QuantizationSummary", "make_observer", "calibrate"]
+__all__ = ["quantize", "prepare", "QuantizationSummary", "make_observer", "calibrate", "bind_accumulator_bias"]
 
 _OBSERVERS = {
     ObserverKind.MINMAX: MinMaxObserver,
@@ -211,7 +211,17 @@ def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool = True) -
             q.bypass = True
         else:
             q.freeze()
+    bind_accumulator_bias(model)
     return seen
+
+
+def bind_accumulator_bias(model: nn.Module) -> None:
+    """Put every layer's bias on its accumulator grid ``s_x · s_w`` where its input's frozen scale is known, as
+    integer execution adds it (:meth:`lowbit.nn.layers.QuantConv.bind_input_scale`)."""
+    scales = input_scales(model)
+    for name, module in model.named_modules():
+        if isinstance(module, (QuantConv, QuantLinear)):
+            module.bind_input_scale(scales.get(name))
 
 
 def _describe(batch: Any) -> str:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lowbit.functional.affine import choose_qparams, dequantize, qparam_rows, qparam_shape, quantize, reduce_minmax
+from lowbit.functional.affine import accumulator_bias, choose_qparams, dequantize, qparam_rows, qparam_shape, quantize, reduce_minmax
 from lowbit.functional.calibration import mse_range_rows
 from lowbit.spec import QParams, QuantSpec
 
@@ -68,6 +68,30 @@ class _QuantWeightMixin(nn.Module):
         self.register_buffer("weight_scale", qp.scale)
         self.register_buffer("weight_zero_point", qp.zero_point)
 
+    def bind_input_scale(self, input_scale: float | None) -> None:
+        """Add the bias as an integer kernel does: on the accumulator grid ``s_x · s_w`` of the frozen input scale.
+
+        Integer execution (the engine, ONNX Runtime) rounds the bias to that grid; the simulation does the same
+        once the input's scale is known, so both see one bias. ``None`` (or a bias too large for int32 there)
+        keeps the float bias.
+        """
+        on_grid = None
+        if input_scale is not None and getattr(self, "bias", None) is not None:
+            try:
+                codes, step = accumulator_bias(self.bias, input_scale, self.weight_scale)
+                on_grid = codes.to(torch.float32) * step
+            except ValueError:
+                on_grid = None
+        self.register_buffer("bias_on_grid", on_grid, persistent=False)
+
+    def effective_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """The bias the forward adds: on the accumulator grid once bound, else the float bias."""
+        on_grid = getattr(self, "bias_on_grid", None)
+        if on_grid is not None:
+            return on_grid.to(dtype)
+        bias = getattr(self, "bias", None)
+        return None if bias is None else bias.to(dtype)
+
     def weight_qparams(self) -> QParams:
         return QParams(self.weight_scale, self.weight_zero_point, self.weight_spec)
 
@@ -93,7 +117,7 @@ class QuantLinear(_QuantWeightMixin):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantized_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return F.linear(x, self.dequantized_weight().to(x.dtype), self.effective_bias(x.dtype))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, weight_bits={self.weight_spec.bits}"
@@ -124,8 +148,7 @@ class QuantConv(_QuantWeightMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = F.conv1d if self.dims == 1 else F.conv2d
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return conv(x, self.dequantized_weight().to(x.dtype), bias, self.stride, self.padding, self.dilation,
+        return conv(x, self.dequantized_weight().to(x.dtype), self.effective_bias(x.dtype), self.stride, self.padding, self.dilation,
                     self.groups)
 
     def extra_repr(self) -> str:
