@@ -38,6 +38,7 @@ bench: $(STAMP) data peers
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/ptq_accuracy.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/onnx_speed.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/engine_agreement.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/engine_speed.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/onnx_sizes.py
 
 # Peer quantizers (torchao, NNCF) live in their own environment with the same torch pin; only benchmarks use it.

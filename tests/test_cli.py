@@ -120,14 +120,15 @@ def test_export_writes_an_onnx_file_onnxruntime_runs(tmp_path):
     assert bad.exit_code == 2 and "--input-shape" in bad.output
 
 
-def test_bench_times_three_backends_in_their_own_processes():
+def test_bench_times_four_backends_in_their_own_processes():
     result = runner.invoke(app, ["bench", "--model", "zoo:lenet5", "--calib", "64", "--batch", "2", "--threads", "1",
                                  "--rounds", "1", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout.strip().splitlines()[-1])
     (cell,) = data["cells"]
     assert (cell["batch"], cell["threads"]) == (2, 1)
-    assert all(cell[k] > 0 for k in ("pytorch-fp32", "onnxruntime-fp32", "onnxruntime-int8"))
+    assert all(cell[k] > 0 for k in ("pytorch-fp32", "onnxruntime-fp32", "onnxruntime-int8", "engine-int8"))
+    assert data["engine"] is None
     assert data["bytes"]["onnxruntime-fp32"] > 3 * data["bytes"]["onnxruntime-int8"]
     bad = runner.invoke(app, ["bench", "--model", "zoo:lenet5", "--batch", "0"])
     assert bad.exit_code == 2 and "--batch" in bad.output

@@ -140,7 +140,8 @@ def bench(
     rounds: int = typer.Option(3, min=1, help="fresh processes per measurement (the median is kept)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
 ) -> None:
-    """Time fp32 PyTorch, fp32 ONNX Runtime and the int8 model in ONNX Runtime, each in its own process."""
+    """Time fp32 PyTorch, fp32 ONNX Runtime, the int8 model in ONNX Runtime and in lowbit's integer engine (static
+    recipes), each in its own process."""
     from lowbit.jobs import run_bench
 
     try:
@@ -160,12 +161,17 @@ def bench(
         typer.echo(json.dumps(result))
         return
     table = Table(title=f"{model} ({result['recipe']}): median ms, each in its own process")
-    for column in ("batch", "threads", "pytorch fp32", "onnxruntime fp32", "onnxruntime int8", "int8 vs best fp32"):
+    engine = result["engine"] is None
+    columns = ["batch", "threads", "pytorch fp32", "onnxruntime fp32", "onnxruntime int8"]
+    for column in columns + ["lowbit engine int8"] * engine + ["ORT int8 vs best fp32"]:
         table.add_column(column, justify="right")
     for c in result["cells"]:
         table.add_row(str(c["batch"]), str(c["threads"]), f"{c['pytorch-fp32']:.2f}", f"{c['onnxruntime-fp32']:.2f}",
-                      f"{c['onnxruntime-int8']:.2f}", f"{c['speedup_vs_best_fp32']:.2f}×")
+                      f"{c['onnxruntime-int8']:.2f}", *([f"{c['engine-int8']:.2f}"] * engine),
+                      f"{c['speedup_vs_best_fp32']:.2f}×")
     Console().print(table)
+    if not engine:
+        Console().print(f"engine not timed: {result['engine']}", markup=False)
     sizes = result["bytes"]
     Console().print(f"ONNX bytes: fp32 {sizes['onnxruntime-fp32']:,}, int8 {sizes['onnxruntime-int8']:,} "
                     f"({sizes['onnxruntime-fp32'] / sizes['onnxruntime-int8']:.1f}× smaller)", markup=False)

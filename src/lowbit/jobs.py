@@ -207,13 +207,15 @@ def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path 
 def run_bench(model: str, recipe: str | Recipe = "w8a8", calib: int = 256, weights: str | Path | None = None,
               batches: tuple[int, ...] = (1, 8), threads: tuple[int, ...] = (1, 2), rounds: int = 3,
               ) -> dict[str, Any]:
-    """Time fp32 PyTorch, fp32 ONNX Runtime and ``model`` quantized with ``recipe`` in ONNX Runtime (int8).
+    """Time fp32 PyTorch, fp32 ONNX Runtime, ``model`` quantized with ``recipe`` in ONNX Runtime (int8) and, when
+    the recipe is static, the same model in lowbit's integer engine.
 
     Every measurement runs in its own process (see :mod:`lowbit.export.bench`).
 
     Returns:
-        ``{"model", "recipe", "bytes": {"onnxruntime-fp32", "onnxruntime-int8"}, "cells": [{"batch", "threads",
-        "pytorch-fp32", "onnxruntime-fp32", "onnxruntime-int8" (ms), "speedup_vs_best_fp32"}]}``.
+        ``{"model", "recipe", "bytes": {"onnxruntime-fp32", "onnxruntime-int8"}, "engine": null or why it was not
+        timed, "cells": [{"batch", "threads", "pytorch-fp32", "onnxruntime-fp32", "onnxruntime-int8",
+        "engine-int8" (ms, static recipes), "speedup_vs_best_fp32"}]}``.
 
     Raises:
         ValueError: a model whose inputs are not one tensor, or a recipe the ONNX export cannot carry.
@@ -234,6 +236,14 @@ def run_bench(model: str, recipe: str | Recipe = "w8a8", calib: int = 256, weigh
         int8 = export_onnx(qmodel, example, Path(folder) / "int8.onnx")
         candidates = {"pytorch-fp32": Candidate("torch", model), "onnxruntime-fp32": Candidate("ort", str(fp32)),
                       "onnxruntime-int8": Candidate("ort", str(int8))}
+        engine_note = None
+        try:
+            from lowbit.engine import lower
+
+            lower(qmodel, example).save(Path(folder) / "program")
+            candidates["engine-int8"] = Candidate("engine", str(Path(folder) / "program"))
+        except ValueError as why:  # e.g. a weight-only recipe: nothing to run in integers end to end
+            engine_note = str(why)
         cells = []
         for batch in batches:
             for count in threads:
@@ -243,4 +253,4 @@ def run_bench(model: str, recipe: str | Recipe = "w8a8", calib: int = 256, weigh
                 cell["speedup_vs_best_fp32"] = round(best / cell["onnxruntime-int8"], 2)
                 cells.append(cell)
         sizes = {"onnxruntime-fp32": fp32.stat().st_size, "onnxruntime-int8": int8.stat().st_size}
-    return {"model": model, "recipe": spec.name, "bytes": sizes, "cells": cells}
+    return {"model": model, "recipe": spec.name, "bytes": sizes, "engine": engine_note, "cells": cells}
