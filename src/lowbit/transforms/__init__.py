@@ -1,11 +1,24 @@
-"""Model surgery that keeps the float function: BatchNorm folding (more transforms arrive with issue #5).
+"""Model surgery on float models: BatchNorm folding, cross-layer equalization, high-bias absorption and bias
+correction (outlier splitting and learned rounding arrive later in issue #5).
+
+Each transform is a verb the user calls; each returns the changed traced model and, except ``fold_bn``, a small
+report of what it changed.
 
 Example:
-    >>> from lowbit.transforms import fold_bn
-    >>> callable(fold_bn)
-    True
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    >>> equalized, report = equalize(model)
+    >>> report.pairs, report.converged
+    ([('0', '3')], True)
 """
 
+from lowbit.transforms.absorb_bias import AbsorbReport, absorb_bias
+from lowbit.transforms.correct_bias import BiasCorrection, BiasCorrectionReport, correct_bias
+from lowbit.transforms.equalize import EqualizeReport, equalize
 from lowbit.transforms.fold_bn import fold_bn, fold_bn_into, modules_called_once, replace_module
+from lowbit.transforms.pairs import Pair, find_pairs
 
-__all__ = ["fold_bn", "fold_bn_into", "modules_called_once", "replace_module"]
+__all__ = ["fold_bn", "fold_bn_into", "modules_called_once", "replace_module", "equalize", "EqualizeReport",
+           "absorb_bias", "AbsorbReport", "correct_bias", "BiasCorrection", "BiasCorrectionReport", "find_pairs",
+           "Pair"]

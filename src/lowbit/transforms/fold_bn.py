@@ -35,6 +35,9 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 def fold_bn_into(layer: nn.Module, bn: nn.Module) -> nn.Module:
     """A copy of ``layer`` (conv or linear) with ``bn``'s eval-mode affine map folded in (always with a bias).
 
+    The copy carries BN's promise about its output as non-persistent buffers ``output_mean`` (β) and
+    ``output_std`` (|γ|).
+
     Raises:
         ValueError: channel counts differ, or ``bn`` has no running statistics.
     """
@@ -52,6 +55,10 @@ def fold_bn_into(layer: nn.Module, bn: nn.Module) -> nn.Module:
     folded.weight = nn.Parameter((layer.weight.double() * factor.view(shape)).to(layer.weight.dtype))
     bias = layer.bias.double() if layer.bias is not None else torch.zeros_like(std)
     folded.bias = nn.Parameter(((bias - bn.running_mean.double()) * factor + beta).to(layer.weight.dtype))
+    # BN promises its output is distributed ~ N(β, γ²) per channel: kept (not saved) for the transforms that
+    # need the statistics after the BN is gone — high-bias absorption and analytic bias correction
+    folded.register_buffer("output_mean", beta.to(layer.weight.dtype), persistent=False)
+    folded.register_buffer("output_std", gamma.abs().to(layer.weight.dtype), persistent=False)
     return folded
 
 
