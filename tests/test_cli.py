@@ -54,14 +54,29 @@ def test_quantize_json_then_eval_the_saved_model(tmp_path):
                                  "--calib", "128", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(data) == {"model", "recipe", "observer", "fp32", "quantized"}
+    assert set(data) == {"model", "recipe", "observer", "calibration", "transforms", "fp32", "quantized"}
     assert data["observer"] == "percentile" and data["quantized"]["backend"] == "simulation"
+    assert data["calibration"] == "data:128" and data["transforms"] == []
     assert data["quantized"]["bytes"] == sum(f.stat().st_size for f in out.iterdir())
     assert data["fp32"]["bytes"] > 3 * data["quantized"]["bytes"]
     assert abs(data["fp32"]["accuracy"] - data["quantized"]["accuracy"]) < 1.0
     again = runner.invoke(app, ["eval", "--model", str(out), "--json"])
     assert again.exit_code == 0
     assert json.loads(again.stdout)["accuracy"] == data["quantized"]["accuracy"]
+
+
+def test_quantize_with_dfq_transforms_and_zero_shot_data(tmp_path):
+    out = tmp_path / "dfq"
+    result = runner.invoke(app, ["quantize", "--model", "zoo:resnet20", "--recipe", "w8a8-pertensor", "--equalize",
+                                 "--absorb-bias", "--correct-bias", "analytic", "--zero-shot", "16", "--out", str(out),
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data["calibration"] == "zero-shot:16"
+    assert [line.split(":")[0] for line in data["transforms"]] == ["equalize", "absorb_bias", "correct_bias (analytic)"]
+    assert data["fp32"]["accuracy"] - data["quantized"]["accuracy"] < 2.0  # no training image seen
+    again = runner.invoke(app, ["eval", "--model", str(out), "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["accuracy"] == data["quantized"]["accuracy"]
 
 
 @pytest.mark.parametrize(
@@ -72,6 +87,9 @@ def test_quantize_json_then_eval_the_saved_model(tmp_path):
         (["quantize", "--model", "zoo:lenet5", "--observer", "kl"], "--observer 'kl' is not one of"),
         (["quantize", "--model", "net.py:make"], "net.py does not exist"),
         (["eval", "--model", "/nonexistent"], "is not a lowbit quantized model"),
+        (["quantize", "--model", "zoo:lenet5", "--correct-bias", "magic"], "--correct-bias must be analytic or"),
+        (["quantize", "--model", "zoo:lenet5", "--zero-shot", "8"], "BatchNorm"),
+        (["quantize", "--model", "zoo:lenet5", "--relu6-to-relu"], "relu6_to_relu needs equalize"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(args, message):

@@ -91,3 +91,21 @@ def test_per_token_needs_dynamic_mode():
     assert preset("w8-dynamic-token").per_token is True
     with pytest.raises(ValueError, match="per_token must be a bool and needs mode dynamic"):
         Recipe(per_token=True)
+
+
+def test_transforms_round_trip_and_bad_values_are_named(tmp_path):
+    from lowbit.recipes import Recipe, Transforms
+
+    recipe = Recipe(transforms=Transforms(equalize=True, relu6_to_relu=True, correct_bias="empirical"))
+    path = tmp_path / "r.yaml"
+    recipe.save(path)
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    from lowbit.recipes import load_recipe
+
+    assert load_recipe(path).transforms == recipe.transforms
+    with pytest.raises(ValueError, match="transforms.correct_bias"):
+        Transforms(correct_bias="guess")
+    with pytest.raises(ValueError, match="relu6_to_relu needs equalize"):
+        Transforms(relu6_to_relu=True)
+    with pytest.raises(ValueError, match="unknown key 'equalise'"):
+        Recipe.from_dict({"transforms": {"equalise": True}})

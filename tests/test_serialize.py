@@ -79,3 +79,28 @@ def test_loading_into_a_wider_model_names_the_mismatch(tmp_path):
     save_quantized(q, tmp_path / "out", source=f"{small}:make")
     with pytest.raises(ValueError, match="shape mismatch"):
         load_quantized(tmp_path / "out", model=build_from_source(f"{small}:wide"))
+
+
+def test_layers_that_gained_a_bias_load_back(tmp_path):
+    import dataclasses
+    import warnings
+
+    from torch import nn
+
+    import lowbit
+    from lowbit.recipes import Transforms, preset
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3, bias=False)).eval()
+    with torch.no_grad():
+        model[1].bias.fill_(4.0)  # high biases: absorption moves them into the bias-less second layer
+    recipe = dataclasses.replace(preset("w8a8"), transforms=Transforms(absorb_bias=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = lowbit.quantize(model, recipe, calibration=[torch.randn(32, 6)], progress=False)
+    assert q.get_submodule("3").bias is not None
+    folder = lowbit.save_quantized(q, tmp_path / "m", source="zoo:mlp")
+    again = lowbit.load_quantized(folder, model=nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(),
+                                                               nn.Linear(8, 3, bias=False)).eval())
+    x = torch.randn(4, 6)
+    assert torch.equal(again(x), q(x))

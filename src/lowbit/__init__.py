@@ -14,7 +14,7 @@ Example:
 
 from lowbit import analysis, functional, observers
 from lowbit.flows import quantize
-from lowbit.recipes import Mode, ObserverKind, Override, Recipe, load_recipe, preset
+from lowbit.recipes import Mode, ObserverKind, Override, Recipe, Transforms, load_recipe, preset
 from lowbit.serialize import load_quantized, save_quantized
 from lowbit import functional as F
 from lowbit.spec import (
@@ -45,6 +45,7 @@ __all__ = [
     "ScaleKind",
     "quantize",
     "Recipe",
+    "Transforms",
     "Override",
     "Mode",
     "ObserverKind",

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import sys
@@ -56,18 +57,38 @@ def quantize(
     calib: int = typer.Option(512, min=1, help="calibration samples (Fashion-MNIST train, seeded subset)"),
     out: Path = typer.Option(Path("lowbit-out"), help="folder for the quantized model"),
     weights: Path = typer.Option(None, help="weights for a file model (.safetensors, or .pt loaded weights_only)"),
+    equalize: bool = typer.Option(False, "--equalize", help="cross-layer equalization before quantizing"),
+    relu6_to_relu: bool = typer.Option(False, "--relu6-to-relu",
+                                       help="with --equalize: replace ReLU6 inside pairs by ReLU (DFQ)"),
+    absorb_bias: bool = typer.Option(False, "--absorb-bias", help="high-bias absorption (BN statistics)"),
+    correct_bias: str = typer.Option(None, "--correct-bias", help="bias correction: analytic or empirical"),
+    zero_shot: int = typer.Option(None, "--zero-shot", min=1,
+                                  help="calibrate on N zero-shot (ZeroQ) samples distilled from the model: no data"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
 ) -> None:
-    """Quantize a model after training, save it, and compare it with fp32 on the Fashion-MNIST test set."""
+    """Quantize a model after training, save it, and compare it with fp32 on the Fashion-MNIST test set.
+
+    Example: lowbit quantize --model zoo:mobilenetv2 --recipe w8a8-pertensor --equalize --relu6-to-relu
+    --correct-bias analytic --zero-shot 512 --json
+    """
     from lowbit.jobs import run_ptq
-    from lowbit.recipes import ObserverKind
+    from lowbit.recipes import ObserverKind, Transforms, load_recipe
 
     if observer is not None and observer not in {k.value for k in ObserverKind}:
         _fail(f"--observer {observer!r} is not one of {', '.join(k.value for k in ObserverKind)}")
+    if correct_bias is not None and correct_bias not in ("analytic", "empirical"):
+        _fail(f"--correct-bias must be analytic or empirical, got {correct_bias!r}")
     try:
+        spec = load_recipe(recipe)
+        if equalize or relu6_to_relu or absorb_bias or correct_bias:
+            old = spec.transforms
+            spec = dataclasses.replace(spec, transforms=Transforms(
+                equalize=equalize or old.equalize, relu6_to_relu=relu6_to_relu or old.relu6_to_relu,
+                absorb_bias=absorb_bias or old.absorb_bias, correct_bias=correct_bias or old.correct_bias))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = run_ptq(model, recipe, calib=calib, out=out, observer=observer, weights=weights, progress=True)
+            result = run_ptq(model, spec, calib=calib, out=out, observer=observer, weights=weights, progress=True,
+                             zero_shot=zero_shot)
     except (ValueError, FileNotFoundError) as error:
         _fail(str(error))
     for w in caught:

@@ -173,14 +173,18 @@ def backend_of(recipe: Recipe) -> str:
 
 def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path = "lowbit-out",
             observer: str | None = None, weights: str | Path | None = None, eval_samples: int | None = None,
-            progress: bool = False, fp32: dict[str, Any] | None = None) -> dict[str, Any]:
+            progress: bool = False, fp32: dict[str, Any] | None = None, zero_shot: int | None = None,
+            ) -> dict[str, Any]:
     """Quantize ``model`` with ``recipe`` (activation observer optionally replaced), save to ``out``, measure.
 
     ``fp32`` reuses the baseline's measurements from an earlier call on the same model (the demo does, once per
-    model) instead of measuring it again.
+    model) instead of measuring it again. ``zero_shot``: calibrate on that many samples distilled from the
+    model's BatchNorm statistics (:func:`lowbit.flows.zero_shot.zero_shot_data`) instead of training data.
 
     Returns:
-        ``{"model", "recipe", "observer", "fp32": {...}, "quantized": {...}}`` (``observer`` is null unless the
+        ``{"model", "recipe", "observer", "calibration", "transforms", "fp32": {...}, "quantized": {...}}``
+        (``calibration`` says which data calibrated: ``"data:N"`` or ``"zero-shot:N"``; ``transforms`` lists what
+        the recipe's transforms changed; ``observer`` is null unless the
         recipe is static: only static recipes calibrate activations); each side holds ``accuracy``
         (Fashion-MNIST test, %; for ``zoo:minilm`` instead ``cosine``, the mean cosine between fp32 and quantized
         sentence embeddings, and ``spearman`` on the Lee similarities — see :class:`TextEvaluation`), ``bytes`` (file size of the saved model), ``latency_ms`` (median of one batch of
@@ -195,13 +199,25 @@ def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path 
     evaluation = evaluation_for(model, float_model, eval_samples)
     if fp32 is None:
         fp32 = evaluation.measure(float_model, fp32_bytes(float_model), "pytorch-fp32")
-    qmodel = quantize(float_model, spec, calibration=evaluation.calibration(calib), progress=progress)
+    if zero_shot is not None:
+        from lowbit.flows.zero_shot import zero_shot_data
+
+        example = evaluation.calibration(1)[0]
+        if not isinstance(example, torch.Tensor):
+            raise ValueError(f"--zero-shot distils image-like tensor inputs; {model} takes {type(example).__name__}")
+        batches, source = zero_shot_data(float_model, zero_shot, tuple(example.shape[1:]), progress=progress), \
+            f"zero-shot:{zero_shot}"
+    else:
+        batches, source = evaluation.calibration(calib), f"data:{calib}"
+    qmodel = quantize(float_model, spec, calibration=batches, progress=progress)
     folder = save_quantized(qmodel, out, source=model)
     quantized = evaluation.measure(qmodel, folder_bytes(folder), backend_of(spec))
     quantized["path"] = str(folder)
     # only static recipes calibrate activations: elsewhere no observer had any say in the result
     observer_used = spec.activation_observer.value if spec.mode is Mode.STATIC else None
-    return {"model": model, "recipe": spec.name, "observer": observer_used, "fp32": fp32, "quantized": quantized}
+    return {"model": model, "recipe": spec.name, "observer": observer_used, "calibration": source,
+            "transforms": list(qmodel.quantization_summary.transforms), "fp32": fp32,
+            "quantized": quantized}
 
 
 def run_bench(model: str, recipe: str | Recipe = "w8a8", calib: int = 256, weights: str | Path | None = None,

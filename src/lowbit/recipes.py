@@ -27,9 +27,10 @@ from typing import Any
 
 import yaml
 
+from lowbit.transforms.correct_bias import BiasCorrection
 from lowbit.spec import Granularity, PerChannel, PerGroup, PerTensor, QuantSpec, Rounding, ScaleKind
 
-__all__ = ["Mode", "ObserverKind", "Override", "LayerPlan", "Recipe", "preset", "PRESETS", "load_recipe"]
+__all__ = ["Mode", "ObserverKind", "Override", "LayerPlan", "Recipe", "Transforms", "preset", "PRESETS", "load_recipe"]
 
 
 class Mode(enum.Enum):
@@ -158,6 +159,47 @@ class Override:
 
 
 @dataclass(frozen=True)
+class Transforms:
+    """Float-model surgery :func:`lowbit.quantize` applies before quantizing (issue #5), in this order.
+
+    Args:
+        equalize: cross-layer equalization (:func:`lowbit.transforms.equalize`).
+        relu6_to_relu: with ``equalize``, replace the ReLU6 between layers of a pair by ReLU so the pair can be
+            equalized (changes the float model where activations exceed 6, as the DFQ paper accepts).
+        absorb_bias: high-bias absorption (:func:`lowbit.transforms.absorb_bias`).
+        correct_bias: ``"analytic"`` (from BatchNorm statistics, no data) or ``"empirical"`` (from the
+            calibration batches) bias correction for the recipe's weight quantization; ``None``: off.
+
+    Example:
+        >>> Transforms(equalize=True, correct_bias="analytic").correct_bias
+        <BiasCorrection.ANALYTIC: 'analytic'>
+    """
+
+    equalize: bool = False
+    relu6_to_relu: bool = False
+    absorb_bias: bool = False
+    correct_bias: BiasCorrection | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("equalize", "relu6_to_relu", "absorb_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"Recipe.transforms.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.relu6_to_relu and not self.equalize:
+            raise ValueError("Recipe.transforms.relu6_to_relu needs equalize: true (it only serves equalization)")
+        if self.correct_bias is not None:
+            object.__setattr__(self, "correct_bias",
+                               _enum(BiasCorrection, self.correct_bias, "Recipe.transforms.correct_bias"))
+
+    @property
+    def any(self) -> bool:
+        return self.equalize or self.absorb_bias or self.correct_bias is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"equalize": self.equalize, "relu6_to_relu": self.relu6_to_relu, "absorb_bias": self.absorb_bias,
+                "correct_bias": self.correct_bias.value if self.correct_bias else None}
+
+
+@dataclass(frozen=True)
 class LayerPlan:
     """What a recipe decides for one layer: its weight and activation specs, or ``skip`` (stays float)."""
 
@@ -188,6 +230,7 @@ class Recipe:
             read as float, so integer execution dequantizes the last accumulator directly, and rounding logits to
             a grid only loses information (it flips close top-2 decisions).
         overrides: applied in order; later ones win.
+        transforms: :class:`Transforms` applied to the float model first (graph mode only).
 
     Raises:
         ValueError: naming the field and the value.
@@ -205,9 +248,12 @@ class Recipe:
     first_last_bits: int | None = None
     quantize_output: bool = False
     overrides: tuple[Override, ...] = ()
+    transforms: Transforms = field(default_factory=Transforms)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", _enum(Mode, self.mode, "Recipe.mode"))
+        if not isinstance(self.transforms, Transforms):
+            raise ValueError(f"Recipe.transforms must be a Transforms, got {self.transforms!r}")
         object.__setattr__(self, "weight_observer", _enum(ObserverKind, self.weight_observer, "Recipe.weight_observer"))
         for name in ("activation_observer", "input_observer"):
             object.__setattr__(self, name, _enum(ObserverKind, getattr(self, name), f"Recipe.{name}"))
@@ -267,6 +313,7 @@ class Recipe:
                  "activation": spec_to_dict(o.activation) if o.activation else None, "skip": o.skip}
                 for o in self.overrides
             ],
+            "transforms": self.transforms.to_dict(),
         }
 
     @classmethod
@@ -294,6 +341,11 @@ class Recipe:
                     o[key] = tuple(o[key])
             overrides.append(Override(**o))
         data["overrides"] = tuple(overrides)
+        if data.get("transforms") is not None:
+            raw = _strict(data["transforms"], {f.name for f in dataclasses.fields(Transforms)}, f"{where}.transforms")
+            data["transforms"] = Transforms(**raw)
+        else:
+            data.pop("transforms", None)
         return cls(**data)
 
     def save(self, path: str | Path) -> None:

@@ -141,10 +141,12 @@ def load_quantized(folder: str | Path, model: nn.Module | None = None) -> nn.Mod
     if meta.get("format") != FORMAT:
         raise ValueError(f"{folder / _META}: format {meta.get('format')!r}, this lowbit reads {FORMAT!r}")
     recipe = Recipe.from_dict(meta["recipe"], where=str(folder / _META))
-    structure = prepare(model if model is not None else build_from_source(meta["source"]), recipe)
+    structure = prepare(model if model is not None else build_from_source(meta["source"]), recipe,
+                        weights_follow=True)
     state = load_file(str(folder / _WEIGHTS))
     for key, info in meta.get("packed", {}).items():
         state[key] = unpack(state.pop(key + ".packed"), int(info["bits"]), bool(info["signed"]), tuple(info["shape"]))
+    _add_gained_biases(structure, state)
     own = {k: v for k, v in structure.state_dict().items() if k not in _calibration_keys(structure)}
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     # activation qparams are empty until frozen, so only other tensors must agree in shape
@@ -156,6 +158,15 @@ def load_quantized(folder: str | Path, model: nn.Module | None = None) -> nn.Mod
     bind_accumulator_bias(structure)  # the integer-grid bias follows from the loaded scales (not stored twice)
     structure.lowbit_source = meta["source"]  # where the architecture came from: decides how it is evaluated
     return structure
+
+
+def _add_gained_biases(structure: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give a bias to each layer that gained one before it was saved (bias absorption and bias correction add a
+    bias to layers built without one), so the saved tensors fit."""
+    for name, module in structure.named_modules():
+        key = f"{name}.bias" if name else "bias"
+        if isinstance(module, (QuantConv, QuantLinear)) and module.bias is None and key in state:
+            module.bias = nn.Parameter(torch.zeros_like(state[key]), requires_grad=False)
 
 
 def folder_bytes(folder: str | Path) -> int:

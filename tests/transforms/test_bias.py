@@ -84,7 +84,7 @@ def test_analytic_correction_matches_the_empirical_one_on_normal_data():
     model[3] = nn.Linear(32, 8)
     analytic_model, report = correct_bias(fold_bn(model), QuantSpec(bits=3, granularity=PerChannel(0)))
     assert list(report.corrected) == ["3"] and report.skipped == [
-        "0: its input is not the output of a layer with BatchNorm statistics"]
+        "0: its input comes from input_1, which no BatchNorm statistics describe"]
     # data whose BN output really is N(β, γ²): the measured correction must agree with the formula's
     z = beta + gamma * torch.randn(200_000, 32)
     folded = fold_bn(model)

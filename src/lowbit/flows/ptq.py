@@ -46,6 +46,7 @@ from lowbit.observers import (
 from lowbit.recipes import Mode, ObserverKind, Recipe, load_recipe
 from lowbit.functional.affine import qparam_shape
 from lowbit.spec import PerChannel, PerGroup, QuantSpec
+from lowbit.transforms import BiasCorrection, absorb_bias, correct_bias, equalize
 from lowbit.transforms.fold_bn import fold_bn, modules_called_once, replace_module
 
 __all__ = ["quantize", "prepare", "QuantizationSummary", "make_observer", "calibrate", "bind_accumulator_bias"]
@@ -72,6 +73,7 @@ class QuantizationSummary:
     activation_quantizers: int = 0
     float_layers: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    transforms: list[str] = field(default_factory=list)  # what the recipe's transforms changed, one line each
 
 
 def make_observer(kind: ObserverKind, spec: QuantSpec, options: dict[str, Any] | None = None) -> Observer:
@@ -249,12 +251,19 @@ def _progress(batches: Iterable[Any], enabled: bool) -> Iterable[Any]:
             bar.advance(task)
 
 
-def prepare(model: nn.Module, recipe: str | Recipe = "w8a8", *, inplace: bool = False) -> nn.Module:
-    """Everything :func:`quantize` does except calibration: integer weights in place, activation quantizers
-    placed but not yet frozen (static recipes then need :func:`calibrate`).
+def prepare(model: nn.Module, recipe: str | Recipe = "w8a8", *, inplace: bool = False,
+            calibration: Iterable[Any] | None = None, weights_follow: bool = False) -> nn.Module:
+    """Everything :func:`quantize` does except calibration: the recipe's transforms, integer weights in place,
+    activation quantizers placed but not yet frozen (static recipes then need :func:`calibrate`).
+
+    Args:
+        calibration: batches for empirical bias correction (``recipe.transforms.correct_bias="empirical"``).
+        weights_follow: the weights will be loaded afterwards (:func:`lowbit.load_quantized`): apply only the
+            structural part of the transforms (ReLU6 → ReLU), not the bias correction, which needs the real weights.
 
     Raises:
-        ValueError: unknown recipe, or a layer the recipe's weight spec cannot quantize.
+        ValueError: unknown recipe, a layer the recipe's weight spec cannot quantize, transforms on a model that
+            cannot be traced, or empirical bias correction without calibration batches.
     """
     recipe = load_recipe(recipe)
     if not isinstance(model, nn.Module):
@@ -277,6 +286,11 @@ def prepare(model: nn.Module, recipe: str | Recipe = "w8a8", *, inplace: bool = 
         )
         result, graph = work, False
     summary = QuantizationSummary(recipe.name, recipe.mode.value, graph)
+    if recipe.transforms.any:
+        if not graph:
+            raise ValueError("the recipe's transforms (equalize, absorb_bias, correct_bias) need a model torch.fx "
+                             "can trace; this one cannot be traced")
+        result = _apply_transforms(result, recipe, summary, calibration, weights_follow)
     plans = _plans(result, recipe)
     _swap_layers(result, recipe, summary, wrap_input=not graph)
     if graph and recipe.mode in (Mode.STATIC, Mode.DYNAMIC):
@@ -287,6 +301,34 @@ def prepare(model: nn.Module, recipe: str | Recipe = "w8a8", *, inplace: bool = 
     result.quantization_summary = summary  # type: ignore[assignment]
     result.lowbit_recipe = recipe  # type: ignore[assignment]
     return result
+
+
+def _apply_transforms(gm: fx.GraphModule, recipe: Recipe, summary: QuantizationSummary,
+                      calibration: Iterable[Any] | None, weights_follow: bool) -> fx.GraphModule:
+    """The recipe's float transforms on the folded graph, each summarised in ``summary.transforms``."""
+    steps = recipe.transforms
+    if steps.equalize:
+        gm, eq = equalize(gm, relu6="relu" if steps.relu6_to_relu else "skip", inplace=True)
+        summary.transforms.append(f"equalize: {len(eq.pairs)} pairs in {eq.sweeps} sweeps"
+                                  + (f", ReLU6 → ReLU at {len(eq.relu6_replaced)}" if eq.relu6_replaced else "")
+                                  + (f", {len(eq.skipped)} layers not in a pair" if eq.skipped else ""))
+    if steps.absorb_bias:
+        gm, absorbed = absorb_bias(gm)
+        summary.transforms.append(f"absorb_bias: {sum(absorbed.absorbed.values())} channels in "
+                                  f"{len(absorbed.absorbed)} layers, {len(absorbed.skipped)} pairs skipped")
+    if steps.correct_bias is not None and not weights_follow:
+        if steps.correct_bias is BiasCorrection.EMPIRICAL and calibration is None:
+            raise ValueError("recipe: transforms.correct_bias 'empirical' needs calibration batches")
+        specs: dict[str, QuantSpec | None] = {}
+        for name, plan in _plans(gm, recipe).items():
+            specs[name] = None if plan.skip or plan.weight is None else _fit_groups(
+                plan.weight, gm.get_submodule(name).weight.shape, name, QuantizationSummary("", "", True))
+        gm, corrected = correct_bias(gm, specs, mode=steps.correct_bias,
+                                     observer=_weight_observer(recipe.weight_observer), calibration=calibration)
+        left = f", {len(corrected.skipped)} left ({'; '.join(corrected.skipped[:2])})" if corrected.skipped else ""
+        summary.transforms.append(f"correct_bias ({steps.correct_bias.value}): {len(corrected.corrected)} layers"
+                                  + left)
+    return gm
 
 
 def quantize(model: nn.Module, recipe: str | Recipe = "w8a8", calibration: Iterable[Any] | None = None, *,
@@ -310,7 +352,9 @@ def quantize(model: nn.Module, recipe: str | Recipe = "w8a8", calibration: Itera
     recipe = load_recipe(recipe)
     if recipe.mode is Mode.STATIC and calibration is None:
         raise ValueError(f"recipe {recipe.name!r} is static: pass calibration=batches (a few hundred samples)")
-    result = prepare(model, recipe, inplace=inplace)
+    if calibration is not None and recipe.transforms.correct_bias is BiasCorrection.EMPIRICAL:
+        calibration = list(calibration)  # read twice: bias correction, then calibration
+    result = prepare(model, recipe, inplace=inplace, calibration=calibration)
     if recipe.mode is Mode.STATIC:
         assert calibration is not None
         calibrate(result, calibration, progress)

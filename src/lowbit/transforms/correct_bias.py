@@ -23,12 +23,13 @@ Example:
     >>> list(report.corrected)
     ['3']
     >>> report.skipped
-    ['0: its input is not the output of a layer with BatchNorm statistics']
+    ['0: its input comes from input_1, which no BatchNorm statistics describe']
 """
 
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,20 +86,31 @@ def _is_flatten(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
         node.op == "call_method" and node.target == "flatten")
 
 
-def _analytic_mean(consumer: fx.Node, modules: dict[str, nn.Module]) -> torch.Tensor | str:
-    """``E[input]`` of ``consumer`` per channel from BN statistics, or why it cannot be had."""
-    source = consumer.args[0]
-    # walk back through mean-keeping linear ops (average pooling, flatten), then at most one clipping activation
-    while isinstance(source, fx.Node) and (_is_flatten(source, modules) or (
-            source.op == "call_module" and isinstance(modules.get(source.target), _MEAN_KEEPING))):
-        source = source.args[0]
-    bounds = (float("-inf"), float("inf"))
-    if isinstance(source, fx.Node) and _clip(source, modules) is not None and not _is_producer(source, modules):
-        bounds, source = _clip(source, modules), source.args[0]  # type: ignore[assignment]
-    if not (isinstance(source, fx.Node) and _is_producer(source, modules)):
-        return "its input is not the output of a layer with BatchNorm statistics"
-    producer = modules[source.target]
-    return clipped_normal_mean(producer.output_mean, producer.output_std, *bounds)
+def _analytic_mean(node: fx.Node, modules: dict[str, nn.Module]) -> torch.Tensor | str:
+    """``E[value of node]`` per channel from BN statistics, or why it cannot be had.
+
+    A layer with BN statistics gives ``μ``; a ReLU/ReLU6 directly on it the clipped-normal mean; average pooling,
+    flatten, identity and dropout keep each channel's mean; a residual add sums its operands' means.
+    """
+    if _is_producer(node, modules):
+        return modules[node.target].output_mean.double()
+    bounds = _clip(node, modules)
+    if bounds is not None and isinstance(node.args[0], fx.Node) and _is_producer(node.args[0], modules):
+        producer = modules[node.args[0].target]
+        return clipped_normal_mean(producer.output_mean, producer.output_std, *bounds)
+    if bounds is not None and bounds[0] == float("-inf") and bounds[1] == float("inf") or _is_flatten(
+            node, modules) or (node.op == "call_module" and isinstance(modules.get(node.target), _MEAN_KEEPING)):
+        return _analytic_mean(node.args[0], modules) if isinstance(node.args[0], fx.Node) else "a constant input"
+    if node.op == "call_function" and node.target in (operator.add, torch.add) and len(node.args) == 2 and all(
+            isinstance(a, fx.Node) for a in node.args):
+        parts = [_analytic_mean(a, modules) for a in node.args]
+        for part in parts:
+            if isinstance(part, str):
+                return part
+        if parts[0].shape != parts[1].shape:  # type: ignore[union-attr]
+            return "a residual add of differently shaped means"
+        return parts[0] + parts[1]  # type: ignore[operator]
+    return f"its input comes from {node.name}, which no BatchNorm statistics describe"
 
 
 def _is_producer(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -118,7 +130,7 @@ def expected_inputs_analytic(gm: fx.GraphModule) -> tuple[dict[str, torch.Tensor
     for node in gm.graph.nodes:
         if node.op != "call_module" or node.target not in once or type(modules.get(node.target)) not in LAYERS:
             continue
-        found = _analytic_mean(node, modules)
+        found = _analytic_mean(node.args[0], modules) if isinstance(node.args[0], fx.Node) else "a constant input"
         if isinstance(found, str):
             skipped.append(f"{node.target}: {found}")
         else:
