@@ -58,14 +58,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(ZOO) + ",resnet56x56")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="batch sizes, comma-separated")
     args = parser.parse_args()
+    batches = tuple(int(b) for b in args.batches.split(","))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             source, shape = program_for(name, Path(tmp))
             candidates = {"torch-fp32": Candidate("torch", source), "torch-best": Candidate("torch-best", source),
                           "engine": Candidate("engine", str(Path(tmp) / name))}
-            for batch in BATCHES if name in ZOO else BATCHES[:2]:
+            for batch in batches if name in ZOO else [b for b in batches if b <= 8]:
                 for threads in THREADS:
                     cell = {"model": name, "batch": batch, "threads": threads,
                             **time_candidates(candidates, shape, batch, threads, rounds=args.rounds)}

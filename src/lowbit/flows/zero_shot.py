@@ -10,14 +10,16 @@ The result calibrates activation ranges without touching any real sample.
 Example:
     >>> import torch
     >>> from torch import nn
+    >>> _ = torch.manual_seed(0)
     >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
     >>> _ = model[1].running_mean.fill_(0.5)
     >>> batches = zero_shot_data(model, 8, (1, 12, 12), steps=200, batch_size=8, progress=False)
     >>> [tuple(b.shape) for b in batches]
     [(8, 1, 12, 12)]
-    >>> with torch.no_grad():
-    ...     mean = model[0](batches[0]).mean(dim=(0, 2, 3))
-    >>> bool((mean - 0.5).abs().max() < 0.05)
+    >>> noise = torch.randn(8, 1, 12, 12)
+    >>> with torch.no_grad():                       # the BN-statistics mismatch, before and after distilling
+    ...     before, after = _statistics_loss(model, noise), _statistics_loss(model, batches[0])
+    >>> bool(after < before / 3)
     True
 """
 
