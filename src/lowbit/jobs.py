@@ -9,7 +9,7 @@ Example:
     >>> import tempfile
     >>> result = run_ptq("zoo:lenet5", "w8a8", calib=128, out=tempfile.mkdtemp(), eval_samples=1000)
     >>> sorted(result), result["quantized"]["backend"]
-    (['fp32', 'model', 'observer', 'quantized', 'recipe'], 'simulation')
+    (['calibration', 'fp32', 'model', 'observer', 'quantized', 'recipe', 'transforms'], 'simulation')
     >>> abs(result["fp32"]["accuracy"] - result["quantized"]["accuracy"]) < 1.5
     True
 """

@@ -12,7 +12,7 @@ Example:
     >>> Recipe.from_dict({"mode": "static", "wieght": {"bits": 4}})
     Traceback (most recent call last):
     ...
-    ValueError: recipe: unknown key 'wieght' (known: activation, activation_observer, first_last_bits, input_observer, mode, name, observer_options, overrides, per_token, quantize_output, weight, weight_observer)
+    ValueError: recipe: unknown key 'wieght' (known: activation, activation_observer, first_last_bits, input_observer, mode, name, observer_options, overrides, per_token, quantize_output, transforms, weight, weight_observer)
 """
 
 from __future__ import annotations
