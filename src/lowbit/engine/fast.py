@@ -87,9 +87,14 @@ class _Compiler:
         for op in program.ops:
             self.root[op["y"]] = self.root.get(op["x"], op["x"]) if op["op"] == "reshape" else op["y"]
         self.last_read: dict[str, int] = {}  # buffer → index of the last op that reads it (through any view)
+        last_read_value: dict[str, int] = {}  # value name → the same, for releasing the name after its reader
         for i, op in enumerate(program.ops):
             for name in _reads(op):
-                self.last_read[self.root.get(name, name)] = i
+                self.last_read[self.root.get(name, name)] = last_read_value[name] = i
+        self.dead_after: dict[int, list[str]] = {}  # op index → value names nobody reads after it
+        for name, i in last_read_value.items():
+            if name not in program.outputs:
+                self.dead_after.setdefault(i, []).append(name)
         self.kept = {self.root.get(n, n) for n in list(program.inputs) + list(program.outputs)}
         self.zero_points: dict[str, int] = {}  # value name → zero point of its grid (codes are held centred)
         self.bounds: dict[str, int] = {}  # value name → largest |centred code| it can hold
@@ -241,16 +246,10 @@ def compile_fast(program: Any) -> tuple[FastRunner | None, str | None]:
     if program.mode is not Requant.FLOAT:
         return None, f"{program.mode.value} requantization runs on the reference kernels"
     compiler = _Compiler(program)
-    last_read = {name: i for i, op in enumerate(program.ops) for name in _reads(op)}
-    outputs = set(program.outputs)
-    dead_after: dict[int, list[str]] = {}
-    for name, i in last_read.items():
-        if name not in outputs:
-            dead_after.setdefault(i, []).append(name)
     steps = []
     try:
         for compiler.index, op in enumerate(program.ops):
-            steps.append((op["y"], compiler.step(op), tuple(dead_after.get(compiler.index, ()))))
+            steps.append((op["y"], compiler.step(op), tuple(compiler.dead_after.get(compiler.index, ()))))
     except _Refused as why:
         return None, str(why)
     return FastRunner(steps, list(program.inputs), list(program.outputs)), None

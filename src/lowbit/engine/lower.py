@@ -90,23 +90,18 @@ class _Lowering:
 
     def _output_grid(self, node: fx.Node) -> tuple[dict[str, Any] | None, fx.Node | None]:
         """The grid (with a fused ReLU/ReLU6 clamp) ``node`` requantizes to, and the node that then holds it."""
-        users = list(node.users)
-        clamp = None
-        if len(users) == 1 and (self._is(users[0], _RELU) or self._is(users[0], _RELU6)):
-            clamp, users = users[0], list(users[0].users)
-        if len(users) == 1 and isinstance(self._module(users[0]), ActivationQuantizer):
-            quantizer = self._module(users[0])
-            if quantizer.bypass or quantizer.dynamic or not quantizer.frozen:
-                return None, None
-            grid = _grid(quantizer)
-            if clamp is not None:
-                grid["qmin"] = max(grid["qmin"], grid["zero_point"])
-                if self._is(clamp, _RELU6):
-                    grid["qmax"] = min(grid["qmax"], grid["zero_point"] + round(6.0 / grid["scale"]))
-                self.absorbed.add(clamp)
-            self.absorbed.add(users[0])
-            return grid, users[0]
-        return None, None
+        holder = self._quantized_next(node)
+        if holder is None:
+            return None, None
+        grid = _grid(self._module(holder))  # type: ignore[arg-type]
+        clamp = holder.args[0] if holder.args[0] is not node else None  # the lone ReLU/ReLU6 between them
+        if clamp is not None:
+            grid["qmin"] = max(grid["qmin"], grid["zero_point"])
+            if self._is(clamp, _RELU6):
+                grid["qmax"] = min(grid["qmax"], grid["zero_point"] + round(6.0 / grid["scale"]))
+            self.absorbed.add(clamp)
+        self.absorbed.add(holder)
+        return grid, holder
 
     def _emit(self, op: dict[str, Any], node: fx.Node, grid: dict[str, Any] | None, holder: fx.Node | None) -> None:
         op["y"] = node.name

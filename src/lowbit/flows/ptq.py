@@ -127,7 +127,7 @@ def _swap_layers(root: nn.Module, recipe: Recipe, summary: QuantizationSummary, 
         summary.quantized[name] = spec.bits
 
 
-def _fit_groups(spec: QuantSpec, shape: torch.Size, name: str, summary: QuantizationSummary) -> QuantSpec:
+def _fit_groups(spec: QuantSpec, shape: torch.Size, name: str, summary: QuantizationSummary | None) -> QuantSpec:
     """Per-group specs fall back to per-channel on layers whose channels the group size does not divide."""
     if not isinstance(spec.granularity, PerGroup):
         return spec
@@ -135,7 +135,9 @@ def _fit_groups(spec: QuantSpec, shape: torch.Size, name: str, summary: Quantiza
         qparam_shape(shape, spec.granularity)
         return spec
     except ValueError:
-        summary.notes.append(f"{name}: group size {spec.granularity.size} does not divide its channels; per-channel")
+        if summary is not None:  # None: the caller only needs the spec (the swap notes it later)
+            summary.notes.append(f"{name}: group size {spec.granularity.size} does not divide its channels; "
+                                 "per-channel")
         return dataclasses.replace(spec, granularity=PerChannel(spec.granularity.axis))
 
 
@@ -194,7 +196,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool = True) -
         q.calibrating = True
     seen = 0
     try:
-        for seen, batch in enumerate(_progress(batches, progress), start=1):
+        for seen, batch in enumerate(progress_bar(batches, progress), start=1):
             try:
                 call(model, batch)
             except (ValueError, RuntimeError) as err:  # torch reports wrong input shapes as RuntimeError
@@ -236,7 +238,8 @@ def _describe(batch: Any) -> str:
     return type(batch).__name__
 
 
-def _progress(batches: Iterable[Any], enabled: bool) -> Iterable[Any]:
+def progress_bar(batches: Iterable[Any], enabled: bool, description: str = "calibrating") -> Iterable[Any]:
+    """``batches`` with a transient rich progress bar on stderr when ``enabled``."""
     if not enabled:
         yield from batches
         return
@@ -245,7 +248,7 @@ def _progress(batches: Iterable[Any], enabled: bool) -> Iterable[Any]:
 
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
     with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("calibrating", total=total)
+        task = bar.add_task(description, total=total)
         for batch in batches:
             yield batch
             bar.advance(task)
@@ -322,7 +325,7 @@ def _apply_transforms(gm: fx.GraphModule, recipe: Recipe, summary: QuantizationS
         specs: dict[str, QuantSpec | None] = {}
         for name, plan in _plans(gm, recipe).items():
             specs[name] = None if plan.skip or plan.weight is None else _fit_groups(
-                plan.weight, gm.get_submodule(name).weight.shape, name, QuantizationSummary("", "", True))
+                plan.weight, gm.get_submodule(name).weight.shape, name, None)
         gm, corrected = correct_bias(gm, specs, mode=steps.correct_bias,
                                      observer=_weight_observer(recipe.weight_observer), calibration=calibration)
         left = f", {len(corrected.skipped)} left ({'; '.join(corrected.skipped[:2])})" if corrected.skipped else ""

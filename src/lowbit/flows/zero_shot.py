@@ -30,6 +30,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lowbit.flows.ptq import progress_bar
+
 __all__ = ["zero_shot_data"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -79,16 +81,16 @@ def zero_shot_data(model: nn.Module, n: int, input_shape: Sequence[int], *, step
     requires = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
+    schedule = [(size, step) for size in sizes for step in range(steps)]  # one entry per Adam step, for the bar
     try:
-        with _bar(progress, len(sizes) * steps) as advance:
-            for size in sizes:
+        for size, step in progress_bar(schedule, progress, "distilling zero-shot data"):
+            if step == 0:  # a new batch starts from seeded noise
                 x = torch.randn(size, *input_shape, generator=generator).requires_grad_(True)
                 optimizer = torch.optim.Adam([x], lr=lr)
-                for _ in range(steps):
-                    optimizer.zero_grad()
-                    _statistics_loss(model, x).backward()
-                    optimizer.step()
-                    advance()
+            optimizer.zero_grad()
+            _statistics_loss(model, x).backward()
+            optimizer.step()
+            if step == steps - 1:
                 batches.append(x.detach())
     finally:
         for p, flag in zip(model.parameters(), requires):
@@ -96,24 +98,3 @@ def zero_shot_data(model: nn.Module, n: int, input_shape: Sequence[int], *, step
         model.train(was_training)
     return batches
 
-
-class _bar:
-    """A rich progress bar on stderr (or nothing), yielding a function that advances it by one step."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from rich.console import Console
-        from rich.progress import Progress
-
-        self.progress = Progress(console=Console(stderr=True), transient=True)
-        self.progress.__enter__()
-        task = self.progress.add_task("distilling zero-shot data", total=self.total)
-        return lambda: self.progress.advance(task)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.progress.__exit__(*exc)

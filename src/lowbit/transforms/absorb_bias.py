@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from lowbit.transforms.pairs import find_pairs, input_channel_view
+from lowbit.transforms.pairs import find_pairs, groups, input_channel_view
 
 __all__ = ["absorb_bias", "AbsorbReport"]
 
@@ -80,9 +80,9 @@ def absorb_bias(model: fx.GraphModule) -> tuple[fx.GraphModule, AbsorbReport]:
             shift = producer.output_mean.double()
         if not bool((shift != 0).any()):
             continue
-        groups = 1 if isinstance(consumer, nn.Linear) else consumer.groups
-        view = input_channel_view(consumer.weight.double(), groups)  # [g, out/g, in/g, k]
-        moved = (view.sum(3) * shift.reshape(groups, 1, -1)).sum(2).reshape(-1)  # Σ over the inputs each reads
+        count = groups(consumer)
+        view = input_channel_view(consumer.weight.double(), count)  # [g, out/g, in/g, k]
+        moved = (view.sum(3) * shift.reshape(count, 1, -1)).sum(2).reshape(-1)  # Σ over the inputs each reads
         if consumer.bias is None:
             consumer.bias = nn.Parameter(torch.zeros(consumer.weight.shape[0], dtype=consumer.weight.dtype))
         consumer.bias.copy_((consumer.bias.double() + moved).to(consumer.bias.dtype))

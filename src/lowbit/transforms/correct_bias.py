@@ -42,7 +42,7 @@ from lowbit.functional.gaussian import clipped_normal_mean
 from lowbit.nn.layers import WeightObserver, quantize_weight
 from lowbit.spec import QuantSpec
 from lowbit.transforms.fold_bn import modules_called_once
-from lowbit.transforms.pairs import LAYERS, input_channel_view
+from lowbit.transforms.pairs import LAYERS, groups, input_channel_view, input_channels
 
 __all__ = ["BiasCorrection", "BiasCorrectionReport", "correct_bias", "expected_inputs_analytic",
            "expected_inputs_empirical"]
@@ -169,9 +169,9 @@ def expected_inputs_empirical(model: nn.Module, batches: Iterable[Any]) -> dict[
 
 def _output_shift(layer: nn.Module, error: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     """``ε · E[x]`` per output channel (zero padding ignored, as in the paper)."""
-    groups = 1 if isinstance(layer, nn.Linear) else layer.groups
-    view = input_channel_view(error.double(), groups).sum(3)  # [g, out/g, in/g]: ε summed over the kernel
-    return (view * mean.double().reshape(groups, 1, -1)).sum(2).reshape(-1)
+    count = groups(layer)
+    view = input_channel_view(error.double(), count).sum(3)  # [g, out/g, in/g]: ε summed over the kernel
+    return (view * mean.double().reshape(count, 1, -1)).sum(2).reshape(-1)
 
 
 @torch.no_grad()
@@ -205,7 +205,7 @@ def correct_bias(model: fx.GraphModule, weight_spec: QuantSpec | Mapping[str, Qu
         if spec is None:
             report.skipped.append(f"{name}: not quantized by the recipe")
             continue
-        features = _input_features(layer)
+        features = input_channels(layer)
         if mean.numel() != features and mean.numel() and features % mean.numel() == 0 and isinstance(layer,
                                                                                                        nn.Linear):
             mean = mean.repeat_interleave(features // mean.numel())  # flattened [C, H, W]: channel-major
@@ -219,7 +219,3 @@ def correct_bias(model: fx.GraphModule, weight_spec: QuantSpec | Mapping[str, Qu
         layer.bias.copy_((layer.bias.double() - shift).to(layer.bias.dtype))
         report.corrected[name] = float(shift.abs().max())
     return model, report
-
-
-def _input_features(layer: nn.Module) -> int:
-    return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels

@@ -34,8 +34,8 @@ from typing import Literal
 import torch
 from torch import fx, nn
 
-from lowbit.transforms.fold_bn import fold_bn, replace_module
-from lowbit.transforms.pairs import Pair, find_pairs, input_channel_view
+from lowbit.transforms.fold_bn import replace_module
+from lowbit.transforms.pairs import Pair, find_pairs, folded_graph, groups, input_channel_view
 
 __all__ = ["equalize", "EqualizeReport", "producer_ranges", "consumer_ranges", "scale_pair"]
 
@@ -51,10 +51,6 @@ class EqualizeReport:
     converged: bool = False
 
 
-def _groups(layer: nn.Module) -> int:
-    return 1 if isinstance(layer, nn.Linear) else layer.groups
-
-
 def producer_ranges(layer: nn.Module) -> torch.Tensor:
     """Largest |weight| of each output channel."""
     return layer.weight.detach().abs().flatten(1).amax(1)
@@ -62,7 +58,7 @@ def producer_ranges(layer: nn.Module) -> torch.Tensor:
 
 def consumer_ranges(layer: nn.Module) -> torch.Tensor:
     """Largest |weight| that reads each input channel (groups and depthwise included)."""
-    view = input_channel_view(layer.weight.detach().abs(), _groups(layer))
+    view = input_channel_view(layer.weight.detach().abs(), groups(layer))
     return view.amax(dim=(1, 3)).reshape(-1)
 
 
@@ -80,10 +76,9 @@ def scale_pair(producer: nn.Module, consumer: nn.Module, scale: torch.Tensor) ->
         stat = getattr(producer, name, None)
         if stat is not None:
             stat.copy_((stat.double() / scale).to(stat.dtype))
-    groups = _groups(consumer)
-    view = input_channel_view(consumer.weight.double(), groups)
-    per_group = view.shape[2]
-    scaled = view * scale.reshape(groups, 1, per_group, 1)
+    count = groups(consumer)
+    view = input_channel_view(consumer.weight.double(), count)
+    scaled = view * scale.reshape(count, 1, view.shape[2], 1)
     consumer.weight.copy_(scaled.reshape(consumer.weight.shape).to(consumer.weight.dtype))
 
 
@@ -134,11 +129,7 @@ def equalize(model: nn.Module, *, relu6: Literal["skip", "relu"] = "skip", max_s
         raise ValueError(f'equalize: relu6 must be "skip" or "relu", got {relu6!r}')
     if max_sweeps < 1:
         raise ValueError(f"equalize: max_sweeps must be >= 1, got {max_sweeps}")
-    try:
-        gm = fold_bn(model, inplace=inplace)
-    except Exception as err:  # torch.fx raises several error types for untraceable code
-        raise ValueError(f"equalize needs a model torch.fx can trace, to find which layers feed which; "
-                         f"{type(model).__name__} cannot be traced ({type(err).__name__}: {err})"[:400]) from err
+    gm = folded_graph(model, inplace, "equalize")
     pairs, skipped = find_pairs(gm, relu6=relu6 == "relu")
     report = EqualizeReport(pairs=[(p.producer, p.consumer) for p in pairs], skipped=skipped)
     if relu6 == "relu":

@@ -23,9 +23,9 @@ import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
-from lowbit.transforms.fold_bn import modules_called_once
+from lowbit.transforms.fold_bn import fold_bn, modules_called_once
 
-__all__ = ["Pair", "find_pairs", "LAYERS", "input_channel_view"]
+__all__ = ["Pair", "find_pairs", "LAYERS", "input_channel_view", "groups", "input_channels", "folded_graph"]
 
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 # ops through which a positive per-channel scale passes unchanged: f(x / s) = f(x) / s for s > 0
@@ -95,7 +95,7 @@ def find_pairs(gm: fx.GraphModule, relu6: bool = False) -> tuple[list[Pair], lis
             consumer = _layer(user, modules, once)
             if consumer is not None and user.args and user.args[0] is current:
                 producer = modules[node.target]
-                if producer.weight.shape[0] != _input_channels(consumer):
+                if producer.weight.shape[0] != input_channels(consumer):
                     skipped.append(f"{node.target} → {user.target}: channel counts differ")
                 elif "relu6" in kinds and not relu6:
                     skipped.append(f"{node.target} → {user.target}: ReLU6 clips at 6, which a channel scale would "
@@ -116,8 +116,27 @@ def _extra_tensor_args(node: fx.Node) -> bool:
     return any(isinstance(a, fx.Node) for a in list(node.args[1:]) + list(node.kwargs.values()))
 
 
-def _input_channels(layer: nn.Module) -> int:
+def input_channels(layer: nn.Module) -> int:
+    """Input features of a linear layer, input channels of a convolution."""
     return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+
+
+def groups(layer: nn.Module) -> int:
+    """A convolution's groups; 1 for a linear layer."""
+    return 1 if isinstance(layer, nn.Linear) else layer.groups
+
+
+def folded_graph(model: nn.Module, inplace: bool, verb: str) -> fx.GraphModule:
+    """``fold_bn(model)`` for a transform that needs the graph; an untraceable model is a ValueError naming it.
+
+    Raises:
+        ValueError: ``model`` cannot be traced (``verb`` says which transform needed it).
+    """
+    try:
+        return fold_bn(model, inplace=inplace)
+    except Exception as err:  # torch.fx raises several error types for untraceable code
+        raise ValueError(f"{verb} needs a model torch.fx can trace, to find which layers feed which; "
+                         f"{type(model).__name__} cannot be traced ({type(err).__name__}: {err})"[:400]) from err
 
 
 def input_channel_view(weight: torch.Tensor, groups: int) -> torch.Tensor:

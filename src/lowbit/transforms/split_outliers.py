@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from lowbit.transforms.fold_bn import fold_bn, replace_module
-from lowbit.transforms.pairs import find_pairs
+from lowbit.transforms.fold_bn import replace_module
+from lowbit.transforms.pairs import find_pairs, folded_graph, groups
 
 __all__ = ["split_outliers", "SplitReport", "apply_splits"]
 
@@ -106,16 +106,12 @@ def split_outliers(model: nn.Module, expand_ratio: float = 0.05, *, inplace: boo
     """
     if not 0.0 < expand_ratio <= 1.0:
         raise ValueError(f"split_outliers: expand_ratio must be in (0, 1], got {expand_ratio!r}")
-    try:
-        gm = fold_bn(model, inplace=inplace)  # a BatchNorm between the layers would be duplicated too: fold it
-    except Exception as err:  # torch.fx raises several error types for untraceable code
-        raise ValueError(f"split_outliers needs a model torch.fx can trace; {type(model).__name__} cannot be traced "
-                         f"({type(err).__name__})") from err
+    gm = folded_graph(model, inplace, "split_outliers")  # a BatchNorm between the layers would be duplicated too
     report = SplitReport()
     pairs, report.skipped = find_pairs(gm, relu6=True)  # duplication, unlike scaling, passes any per-channel op
     for pair in pairs:
         first, second = gm.get_submodule(pair.producer), gm.get_submodule(pair.consumer)
-        if getattr(first, "groups", 1) != 1 or getattr(second, "groups", 1) != 1:
+        if groups(first) != 1 or groups(second) != 1:
             report.skipped.append(f"{pair.producer} → {pair.consumer}: grouped or depthwise")
             continue
         channels = first.weight.shape[0]
