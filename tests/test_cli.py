@@ -79,9 +79,22 @@ def test_quantize_with_dfq_transforms_and_zero_shot_data(tmp_path):
     assert again.exit_code == 0 and json.loads(again.stdout)["accuracy"] == data["quantized"]["accuracy"]
 
 
+def test_quantize_with_learned_rounding_lists_it_and_reloads(tmp_path):
+    out = tmp_path / "gptq"
+    result = runner.invoke(app, ["quantize", "--model", "zoo:lenet5", "--recipe", "w4a8", "--rounding", "gptq",
+                                 "--calib", "128", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data["transforms"][-1].startswith("rounding (gptq): ")
+    assert json.loads((out / "lowbit.json").read_text())["recipe"]["weight_rounding"] == "gptq"
+    again = runner.invoke(app, ["eval", "--model", str(out), "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["accuracy"] == data["quantized"]["accuracy"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["quantize", "--model", "zoo:lenet5", "--rounding", "floor"], "--rounding 'floor' is not one of"),
         (["quantize", "--model", "zoo:vgg"], "unknown zoo model 'vgg'"),
         (["quantize", "--model", "zoo:lenet5", "--recipe", "w9"], "unknown recipe 'w9'"),
         (["quantize", "--model", "zoo:lenet5", "--observer", "kl"], "--observer 'kl' is not one of"),

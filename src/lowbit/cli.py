@@ -64,20 +64,26 @@ def quantize(
     correct_bias: str = typer.Option(None, "--correct-bias", help="bias correction: analytic or empirical"),
     zero_shot: int = typer.Option(None, "--zero-shot", min=1,
                                   help="calibrate on N zero-shot (ZeroQ) samples distilled from the model: no data"),
+    rounding: str = typer.Option(None, "--rounding",
+                                 help="weight rounding: nearest, gptq or adaround (learned on the calibration data)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
 ) -> None:
     """Quantize a model after training, save it, and compare it with fp32 on the Fashion-MNIST test set.
 
     Example: lowbit quantize --model zoo:mobilenetv2 --recipe w8a8-pertensor --equalize --relu6-to-relu
     --correct-bias analytic --zero-shot 512 --json
+
+    Example: lowbit quantize --model zoo:resnet20 --recipe w4a8 --rounding gptq --json
     """
     from lowbit.jobs import run_ptq
-    from lowbit.recipes import ObserverKind, Transforms, load_recipe
+    from lowbit.recipes import ObserverKind, Transforms, WeightRounding, load_recipe
 
     if observer is not None and observer not in {k.value for k in ObserverKind}:
         _fail(f"--observer {observer!r} is not one of {', '.join(k.value for k in ObserverKind)}")
     if correct_bias is not None and correct_bias not in ("analytic", "empirical"):
         _fail(f"--correct-bias must be analytic or empirical, got {correct_bias!r}")
+    if rounding is not None and rounding not in {k.value for k in WeightRounding}:
+        _fail(f"--rounding {rounding!r} is not one of {', '.join(k.value for k in WeightRounding)}")
     try:
         spec = load_recipe(recipe)
         if equalize or relu6_to_relu or absorb_bias or correct_bias:
@@ -85,6 +91,8 @@ def quantize(
             spec = dataclasses.replace(spec, transforms=Transforms(
                 equalize=equalize or old.equalize, relu6_to_relu=relu6_to_relu or old.relu6_to_relu,
                 absorb_bias=absorb_bias or old.absorb_bias, correct_bias=correct_bias or old.correct_bias))
+        if rounding is not None:
+            spec = dataclasses.replace(spec, weight_rounding=rounding)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = run_ptq(model, spec, calib=calib, out=out, observer=observer, weights=weights, progress=True,

@@ -12,7 +12,7 @@ Example:
     >>> Recipe.from_dict({"mode": "static", "wieght": {"bits": 4}})
     Traceback (most recent call last):
     ...
-    ValueError: recipe: unknown key 'wieght' (known: activation, activation_observer, first_last_bits, input_observer, mode, name, observer_options, overrides, per_token, quantize_output, transforms, weight, weight_observer)
+    ValueError: recipe: unknown key 'wieght' (known: activation, activation_observer, first_last_bits, input_observer, mode, name, observer_options, overrides, per_token, quantize_output, rounding_options, transforms, weight, weight_observer, weight_rounding)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import yaml
 from lowbit.transforms.correct_bias import BiasCorrection
 from lowbit.spec import Granularity, PerChannel, PerGroup, PerTensor, QuantSpec, Rounding, ScaleKind
 
-__all__ = ["Mode", "ObserverKind", "Override", "LayerPlan", "Recipe", "Transforms", "preset", "PRESETS", "load_recipe"]
+__all__ = ["Mode", "ObserverKind", "WeightRounding", "ROUNDING_OPTIONS", "Override", "LayerPlan", "Recipe", "Transforms", "preset", "PRESETS", "load_recipe"]
 
 
 class Mode(enum.Enum):
@@ -56,6 +56,22 @@ class ObserverKind(enum.Enum):
     ENTROPY = "entropy"
     MSE = "mse"
     ACIQ = "aciq"
+
+
+class WeightRounding(enum.Enum):
+    """How weight codes are chosen on the grid the weight observer set: ``NEAREST`` rounds each weight alone;
+    ``GPTQ`` and ``ADAROUND`` choose codes that keep each layer's output on calibration inputs closest to the
+    float layer's (:mod:`lowbit.flows.rounding`)."""
+
+    NEAREST = "nearest"
+    GPTQ = "gptq"
+    ADAROUND = "adaround"
+
+
+# every option Recipe.rounding_options may set, with its default (samples: inputs kept per layer for AdaRound;
+# steps/batch_size/lr/reg/warm_start: AdaRound's optimisation; block/damp: GPTQ's; seed: mini-batch draws)
+ROUNDING_OPTIONS: dict[str, Any] = {"samples": 512, "steps": 1000, "batch_size": 32, "lr": 3e-2, "reg": 0.1,
+                                    "warm_start": 0.2, "block": 128, "damp": 0.01, "seed": 0}
 
 
 def _enum(cls: type[enum.Enum], value: Any, where: str) -> Any:
@@ -231,6 +247,10 @@ class Recipe:
             a grid only loses information (it flips close top-2 decisions).
         overrides: applied in order; later ones win.
         transforms: :class:`Transforms` applied to the float model first (graph mode only).
+        weight_rounding: :class:`WeightRounding`; learned rounding needs calibration batches, also for
+            weight-only recipes.
+        rounding_options: settings of the learned rounding (:data:`lowbit.flows.rounding.ROUNDING_OPTIONS`:
+            ``samples``, ``steps``, ``batch_size``, ``lr``, ``reg``, ``warm_start``, ``block``, ``damp``, ``seed``).
 
     Raises:
         ValueError: naming the field and the value.
@@ -249,9 +269,23 @@ class Recipe:
     quantize_output: bool = False
     overrides: tuple[Override, ...] = ()
     transforms: Transforms = field(default_factory=Transforms)
+    weight_rounding: WeightRounding = WeightRounding.NEAREST
+    rounding_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", _enum(Mode, self.mode, "Recipe.mode"))
+        rounding = _enum(WeightRounding, self.weight_rounding, "Recipe.weight_rounding")
+        object.__setattr__(self, "weight_rounding", rounding)
+        if rounding is not WeightRounding.NEAREST and self.transforms.correct_bias is not None:
+            # bias correction subtracts the mean error of round-to-nearest codes, which learned codes no longer have
+            raise ValueError(f"Recipe.weight_rounding {rounding.value!r} and transforms.correct_bias "
+                             f"{self.transforms.correct_bias.value!r} do not combine: bias correction assumes "
+                             "round-to-nearest weights; choose one")
+        if not isinstance(self.rounding_options, dict):
+            raise ValueError(f"Recipe.rounding_options must be a mapping, got {self.rounding_options!r}")
+        for key in self.rounding_options:
+            if key not in ROUNDING_OPTIONS:
+                raise ValueError(f"Recipe.rounding_options: unknown key {key!r} (known: {', '.join(ROUNDING_OPTIONS)})")
         if not isinstance(self.transforms, Transforms):
             raise ValueError(f"Recipe.transforms must be a Transforms, got {self.transforms!r}")
         object.__setattr__(self, "weight_observer", _enum(ObserverKind, self.weight_observer, "Recipe.weight_observer"))
@@ -314,6 +348,8 @@ class Recipe:
                 for o in self.overrides
             ],
             "transforms": self.transforms.to_dict(),
+            "weight_rounding": self.weight_rounding.value,
+            "rounding_options": dict(self.rounding_options),
         }
 
     @classmethod
@@ -321,7 +357,7 @@ class Recipe:
         """Build a recipe from a mapping; unknown keys anywhere are errors that name them."""
         data = dict(_strict(data, {f.name for f in dataclasses.fields(cls)}, where))
         enums = (("mode", Mode), ("weight_observer", ObserverKind), ("activation_observer", ObserverKind),
-                 ("input_observer", ObserverKind))
+                 ("input_observer", ObserverKind), ("weight_rounding", WeightRounding))
         for key, kind in enums:
             if key in data:
                 data[key] = _enum(kind, data[key], f"{where}.{key}")

@@ -43,7 +43,8 @@ from lowbit.observers import (
     Observer,
     PercentileObserver,
 )
-from lowbit.recipes import Mode, ObserverKind, Recipe, load_recipe
+from lowbit.flows.rounding import float_weights, learn_rounding
+from lowbit.recipes import Mode, ObserverKind, Recipe, WeightRounding, load_recipe
 from lowbit.functional.affine import qparam_shape
 from lowbit.spec import PerChannel, PerGroup, QuantSpec
 from lowbit.transforms import BiasCorrection, absorb_bias, correct_bias, equalize
@@ -268,7 +269,12 @@ def prepare(model: nn.Module, recipe: str | Recipe = "w8a8", *, inplace: bool = 
         ValueError: unknown recipe, a layer the recipe's weight spec cannot quantize, transforms on a model that
             cannot be traced, or empirical bias correction without calibration batches.
     """
-    recipe = load_recipe(recipe)
+    return _prepare(model, load_recipe(recipe), inplace, calibration, weights_follow)[0]
+
+
+def _prepare(model: nn.Module, recipe: Recipe, inplace: bool, calibration: Iterable[Any] | None,
+             weights_follow: bool) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """:func:`prepare`, also returning the float weights just before the swap when learned rounding needs them."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"quantize needs an nn.Module, got {type(model).__name__}")
     work = model if inplace else copy.deepcopy(model)
@@ -277,7 +283,7 @@ def prepare(model: nn.Module, recipe: str | Recipe = "w8a8", *, inplace: bool = 
         result: nn.Module = CastModel(work, torch.float16 if recipe.mode is Mode.FP16 else torch.bfloat16)
         result.quantization_summary = QuantizationSummary(recipe.name, recipe.mode.value, False)  # type: ignore[assignment]
         result.lowbit_recipe = recipe  # type: ignore[assignment]
-        return result
+        return result, {}
     try:
         result = fold_bn(work, inplace=True)  # work is already ours (a copy, or the user's with inplace=True)
         graph = True
@@ -295,6 +301,8 @@ def prepare(model: nn.Module, recipe: str | Recipe = "w8a8", *, inplace: bool = 
                              "can trace; this one cannot be traced")
         result = _apply_transforms(result, recipe, summary, calibration, weights_follow)
     plans = _plans(result, recipe)
+    learned = recipe.weight_rounding is not WeightRounding.NEAREST and not weights_follow
+    reference = float_weights(result) if learned else {}
     _swap_layers(result, recipe, summary, wrap_input=not graph)
     if graph and recipe.mode in (Mode.STATIC, Mode.DYNAMIC):
         quantized = {k: v for k, v in plans.items() if k in summary.quantized}
@@ -303,7 +311,7 @@ def prepare(model: nn.Module, recipe: str | Recipe = "w8a8", *, inplace: bool = 
         warnings.warn("lowbit.quantize: kept in float: " + ", ".join(summary.float_layers), stacklevel=3)
     result.quantization_summary = summary  # type: ignore[assignment]
     result.lowbit_recipe = recipe  # type: ignore[assignment]
-    return result
+    return result, reference
 
 
 def _apply_transforms(gm: fx.GraphModule, recipe: Recipe, summary: QuantizationSummary,
@@ -353,12 +361,21 @@ def quantize(model: nn.Module, recipe: str | Recipe = "w8a8", calibration: Itera
         ValueError: unknown recipe, a static recipe without calibration data, or bad calibration data.
     """
     recipe = load_recipe(recipe)
-    if recipe.mode is Mode.STATIC and calibration is None:
-        raise ValueError(f"recipe {recipe.name!r} is static: pass calibration=batches (a few hundred samples)")
-    if calibration is not None and recipe.transforms.correct_bias is BiasCorrection.EMPIRICAL:
-        calibration = list(calibration)  # read twice: bias correction, then calibration
-    result = prepare(model, recipe, inplace=inplace, calibration=calibration)
+    learned = recipe.weight_rounding is not WeightRounding.NEAREST
+    if calibration is None and (recipe.mode is Mode.STATIC or learned):
+        why = "is static" if recipe.mode is Mode.STATIC else f"learns its rounding ({recipe.weight_rounding.value})"
+        raise ValueError(f"recipe {recipe.name!r} {why}: pass calibration=batches (a few hundred samples)")
+    if calibration is not None and (recipe.transforms.correct_bias is BiasCorrection.EMPIRICAL or learned):
+        calibration = list(calibration)  # read more than once: bias correction or rounding, and calibration
+    result, reference = _prepare(model, recipe, inplace, calibration, False)
     if recipe.mode is Mode.STATIC:
         assert calibration is not None
         calibrate(result, calibration, progress)
+    if learned:
+        assert calibration is not None
+        rounded = learn_rounding(result, reference, calibration, recipe.weight_rounding, recipe.rounding_options,
+                                 progress)
+        result.quantization_summary.transforms.append(  # type: ignore[union-attr]
+            f"rounding ({rounded.method}): {len(rounded.layers)} layers, layer-output error "
+            f"{rounded.error_ratio:.2f}× round-to-nearest's")
     return result

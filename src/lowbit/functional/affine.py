@@ -99,6 +99,26 @@ class _Layout:
         return y
 
 
+def elementwise_qparams(shape: torch.Size | tuple[int, ...], qp: QParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scale`` and ``zero_point`` expanded to one value per element of a tensor of ``shape``.
+
+    Example:
+        >>> qp = QParams(torch.tensor([0.5, 0.25]), torch.zeros(2, dtype=torch.int32), QuantSpec(bits=4, granularity=PerChannel(0)))
+        >>> elementwise_qparams((2, 3), qp)[0].tolist()
+        [[0.5, 0.5, 0.5], [0.25, 0.25, 0.25]]
+    """
+    layout = _Layout(torch.Size(shape), qp.spec.granularity)
+    if tuple(qp.scale.shape) != layout.param_shape:
+        raise ValueError(f"QParams of shape {tuple(qp.scale.shape)} do not fit a tensor of shape {tuple(shape)} "
+                         f"with {qp.spec.granularity!r} (expected {layout.param_shape})")
+    grid = layout.view(torch.empty(shape, dtype=torch.float32))
+
+    def spread(t: torch.Tensor) -> torch.Tensor:
+        return layout.restore(layout.qparams(t).expand(grid.shape).contiguous())
+
+    return spread(qp.scale), spread(qp.zero_point)
+
+
 def _require_finite(x: torch.Tensor, what: str) -> None:
     if not bool(torch.isfinite(x).all()):
         bad = "NaN" if bool(torch.isnan(x).any()) else "Inf"
