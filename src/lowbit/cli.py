@@ -64,6 +64,8 @@ def quantize(
     correct_bias: str = typer.Option(None, "--correct-bias", help="bias correction: analytic or empirical"),
     zero_shot: int = typer.Option(None, "--zero-shot", min=1,
                                   help="calibrate on N zero-shot (ZeroQ) samples distilled from the model: no data"),
+    smoothquant: float = typer.Option(None, "--smoothquant", min=0.0, max=1.0,
+                                      help="SmoothQuant alpha for Linear layers after a LayerNorm (transformers)"),
     rounding: str = typer.Option(None, "--rounding",
                                  help="weight rounding: nearest, gptq or adaround (learned on the calibration data)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
@@ -74,6 +76,8 @@ def quantize(
     --correct-bias analytic --zero-shot 512 --json
 
     Example: lowbit quantize --model zoo:resnet20 --recipe w4a8 --rounding gptq --json
+
+    Example: lowbit quantize --model zoo:minilm --recipe w8a8 --smoothquant 0.5 --json
     """
     from lowbit.jobs import run_ptq
     from lowbit.recipes import ObserverKind, Transforms, WeightRounding, load_recipe
@@ -86,11 +90,12 @@ def quantize(
         _fail(f"--rounding {rounding!r} is not one of {', '.join(k.value for k in WeightRounding)}")
     try:
         spec = load_recipe(recipe)
-        if equalize or relu6_to_relu or absorb_bias or correct_bias:
+        if equalize or relu6_to_relu or absorb_bias or correct_bias or smoothquant is not None:
             old = spec.transforms
             spec = dataclasses.replace(spec, transforms=Transforms(
                 equalize=equalize or old.equalize, relu6_to_relu=relu6_to_relu or old.relu6_to_relu,
-                absorb_bias=absorb_bias or old.absorb_bias, correct_bias=correct_bias or old.correct_bias))
+                absorb_bias=absorb_bias or old.absorb_bias, correct_bias=correct_bias or old.correct_bias,
+                smoothquant=smoothquant if smoothquant is not None else old.smoothquant))
         if rounding is not None:
             spec = dataclasses.replace(spec, weight_rounding=rounding)
         with warnings.catch_warnings(record=True) as caught:

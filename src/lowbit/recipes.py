@@ -185,6 +185,9 @@ class Transforms:
         absorb_bias: high-bias absorption (:func:`lowbit.transforms.absorb_bias`).
         correct_bias: ``"analytic"`` (from BatchNorm statistics, no data) or ``"empirical"`` (from the
             calibration batches) bias correction for the recipe's weight quantization; ``None``: off.
+        smoothquant: SmoothQuant's ``α`` in ``[0, 1]`` for the Linear layers that read a LayerNorm output
+            (:func:`lowbit.transforms.smooth_quant`, from the calibration batches); ``None``: off. Also works on
+            models quantized layer by layer (no trace needed).
 
     Example:
         >>> Transforms(equalize=True, correct_bias="analytic").correct_bias
@@ -195,8 +198,13 @@ class Transforms:
     relu6_to_relu: bool = False
     absorb_bias: bool = False
     correct_bias: BiasCorrection | None = None
+    smoothquant: float | None = None
 
     def __post_init__(self) -> None:
+        if self.smoothquant is not None and (isinstance(self.smoothquant, bool) or not isinstance(
+                self.smoothquant, (int, float)) or not 0.0 <= self.smoothquant <= 1.0):
+            raise ValueError(f"Recipe.transforms.smoothquant must be null or an alpha in [0, 1], got "
+                             f"{self.smoothquant!r}")
         for name in ("equalize", "relu6_to_relu", "absorb_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Recipe.transforms.{name} must be a bool, got {getattr(self, name)!r}")
@@ -208,11 +216,17 @@ class Transforms:
 
     @property
     def any(self) -> bool:
+        return self.needs_graph or self.smoothquant is not None
+
+    @property
+    def needs_graph(self) -> bool:
+        """The transforms that find layer pairs in a traced graph."""
         return self.equalize or self.absorb_bias or self.correct_bias is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {"equalize": self.equalize, "relu6_to_relu": self.relu6_to_relu, "absorb_bias": self.absorb_bias,
-                "correct_bias": self.correct_bias.value if self.correct_bias else None}
+                "correct_bias": self.correct_bias.value if self.correct_bias else None,
+                "smoothquant": self.smoothquant}
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lowbit.flows.ptq import bind_accumulator_bias, prepare
+from lowbit.flows.ptq import _prepare, bind_accumulator_bias
 from lowbit.functional.packing import pack, unpack
 from lowbit.nn.layers import QuantConv, QuantLinear
 from lowbit.recipes import Recipe
@@ -119,6 +119,9 @@ def save_quantized(model: nn.Module, folder: str | Path, source: str) -> Path:
     state, packed = _saved_state(model)
     save_file(state, str(folder / _WEIGHTS))
     meta = {"format": FORMAT, "source": source, "recipe": recipe.to_dict(), "packed": packed}
+    smoothed = getattr(getattr(model, "quantization_summary", None), "smoothed", [])
+    if smoothed:
+        meta["smoothed"] = list(smoothed)  # layers SmoothQuant changed: load rebuilds their structure
     (folder / _META).write_text(json.dumps(meta, indent=1) + "\n")
     return folder
 
@@ -141,8 +144,8 @@ def load_quantized(folder: str | Path, model: nn.Module | None = None) -> nn.Mod
     if meta.get("format") != FORMAT:
         raise ValueError(f"{folder / _META}: format {meta.get('format')!r}, this lowbit reads {FORMAT!r}")
     recipe = Recipe.from_dict(meta["recipe"], where=str(folder / _META))
-    structure = prepare(model if model is not None else build_from_source(meta["source"]), recipe,
-                        weights_follow=True)
+    structure, _ = _prepare(model if model is not None else build_from_source(meta["source"]), recipe, False,
+                            None, True, smoothed=meta.get("smoothed"))
     state = load_file(str(folder / _WEIGHTS))
     for key, info in meta.get("packed", {}).items():
         state[key] = unpack(state.pop(key + ".packed"), int(info["bits"]), bool(info["signed"]), tuple(info["shape"]))

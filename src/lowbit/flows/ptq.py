@@ -9,6 +9,7 @@ unless ``inplace=True``.
 
 Example:
     >>> import torch, lowbit
+    >>> torch.manual_seed(0) and None
     >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
     >>> batches = [torch.randn(32, 8) for _ in range(4)]
     >>> qmodel = lowbit.quantize(model, "w8a8", calibration=batches, progress=False)
@@ -48,6 +49,7 @@ from lowbit.recipes import Mode, ObserverKind, Recipe, WeightRounding, load_reci
 from lowbit.functional.affine import qparam_shape
 from lowbit.spec import PerChannel, PerGroup, QuantSpec
 from lowbit.transforms import BiasCorrection, absorb_bias, correct_bias, equalize
+from lowbit.transforms.smooth_quant import apply_smoothing, smooth_quant
 from lowbit.transforms.fold_bn import fold_bn, modules_called_once, replace_module
 
 __all__ = ["quantize", "prepare", "QuantizationSummary", "make_observer", "calibrate", "bind_accumulator_bias"]
@@ -75,6 +77,7 @@ class QuantizationSummary:
     float_layers: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     transforms: list[str] = field(default_factory=list)  # what the recipe's transforms changed, one line each
+    smoothed: list[str] = field(default_factory=list)  # layers SmoothQuant put a ChannelScale in front of
 
 
 def make_observer(kind: ObserverKind, spec: QuantSpec, options: dict[str, Any] | None = None) -> Observer:
@@ -261,7 +264,8 @@ def prepare(model: nn.Module, recipe: str | Recipe = "w8a8", *, inplace: bool = 
     activation quantizers placed but not yet frozen (static recipes then need :func:`calibrate`).
 
     Args:
-        calibration: batches for empirical bias correction (``recipe.transforms.correct_bias="empirical"``).
+        calibration: batches for empirical bias correction (``recipe.transforms.correct_bias="empirical"``) and
+            SmoothQuant (``recipe.transforms.smoothquant``).
         weights_follow: the weights will be loaded afterwards (:func:`lowbit.load_quantized`): apply only the
             structural part of the transforms (ReLU6 → ReLU), not the bias correction, which needs the real weights.
 
@@ -273,8 +277,11 @@ def prepare(model: nn.Module, recipe: str | Recipe = "w8a8", *, inplace: bool = 
 
 
 def _prepare(model: nn.Module, recipe: Recipe, inplace: bool, calibration: Iterable[Any] | None,
-             weights_follow: bool) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """:func:`prepare`, also returning the float weights just before the swap when learned rounding needs them."""
+             weights_follow: bool, smoothed: list[str] | None = None) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """:func:`prepare`, also returning the float weights just before the swap when learned rounding needs them.
+
+    ``smoothed``: with ``weights_follow``, the layers SmoothQuant changed when the model was saved (their
+    structure is rebuilt; the factors come with the weights)."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"quantize needs an nn.Module, got {type(model).__name__}")
     work = model if inplace else copy.deepcopy(model)
@@ -295,11 +302,11 @@ def _prepare(model: nn.Module, recipe: Recipe, inplace: bool, calibration: Itera
         )
         result, graph = work, False
     summary = QuantizationSummary(recipe.name, recipe.mode.value, graph)
+    if recipe.transforms.needs_graph and not graph:
+        raise ValueError("the recipe's transforms (equalize, absorb_bias, correct_bias) need a model torch.fx "
+                         "can trace; this one cannot be traced")
     if recipe.transforms.any:
-        if not graph:
-            raise ValueError("the recipe's transforms (equalize, absorb_bias, correct_bias) need a model torch.fx "
-                             "can trace; this one cannot be traced")
-        result = _apply_transforms(result, recipe, summary, calibration, weights_follow)
+        result = _apply_transforms(result, recipe, summary, calibration, weights_follow, smoothed)
     plans = _plans(result, recipe)
     learned = recipe.weight_rounding is not WeightRounding.NEAREST and not weights_follow
     reference = float_weights(result) if learned else {}
@@ -314,9 +321,11 @@ def _prepare(model: nn.Module, recipe: Recipe, inplace: bool, calibration: Itera
     return result, reference
 
 
-def _apply_transforms(gm: fx.GraphModule, recipe: Recipe, summary: QuantizationSummary,
-                      calibration: Iterable[Any] | None, weights_follow: bool) -> fx.GraphModule:
-    """The recipe's float transforms on the folded graph, each summarised in ``summary.transforms``."""
+def _apply_transforms(gm: nn.Module, recipe: Recipe, summary: QuantizationSummary,
+                      calibration: Iterable[Any] | None, weights_follow: bool,
+                      smoothed: list[str] | None) -> nn.Module:
+    """The recipe's float transforms on the folded graph (SmoothQuant also on an untraced model), each
+    summarised in ``summary.transforms``."""
     steps = recipe.transforms
     if steps.equalize:
         gm, eq = equalize(gm, relu6="relu" if steps.relu6_to_relu else "skip", inplace=True)
@@ -339,6 +348,18 @@ def _apply_transforms(gm: fx.GraphModule, recipe: Recipe, summary: QuantizationS
         left = f", {len(corrected.skipped)} left ({'; '.join(corrected.skipped[:2])})" if corrected.skipped else ""
         summary.transforms.append(f"correct_bias ({steps.correct_bias.value}): {len(corrected.corrected)} layers"
                                   + left)
+    if steps.smoothquant is not None:
+        if weights_follow:
+            gm = apply_smoothing(gm, list(smoothed or []))
+            summary.smoothed = list(smoothed or [])
+        else:
+            if calibration is None:
+                raise ValueError("recipe: transforms.smoothquant needs calibration batches")
+            gm, smooth = smooth_quant(gm, calibration, steps.smoothquant, inplace=True)
+            summary.smoothed = list(smooth.layers)
+            worst = max(smooth.outlier_ratio.values(), key=lambda r: r[0])
+            summary.transforms.append(f"smoothquant (alpha {steps.smoothquant}): {len(smooth.layers)} layers, "
+                                      f"largest input outlier ratio {worst[0]:.0f} → {worst[1]:.0f}")
     return gm
 
 
@@ -365,8 +386,9 @@ def quantize(model: nn.Module, recipe: str | Recipe = "w8a8", calibration: Itera
     if calibration is None and (recipe.mode is Mode.STATIC or learned):
         why = "is static" if recipe.mode is Mode.STATIC else f"learns its rounding ({recipe.weight_rounding.value})"
         raise ValueError(f"recipe {recipe.name!r} {why}: pass calibration=batches (a few hundred samples)")
-    if calibration is not None and (recipe.transforms.correct_bias is BiasCorrection.EMPIRICAL or learned):
-        calibration = list(calibration)  # read more than once: bias correction or rounding, and calibration
+    reread = recipe.transforms.correct_bias is BiasCorrection.EMPIRICAL or recipe.transforms.smoothquant is not None
+    if calibration is not None and (reread or learned):
+        calibration = list(calibration)  # read more than once: a transform or rounding, and calibration
     result, reference = _prepare(model, recipe, inplace, calibration, False)
     if recipe.mode is Mode.STATIC:
         assert calibration is not None

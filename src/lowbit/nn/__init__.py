@@ -10,5 +10,6 @@ Example:
 
 from lowbit.nn.activation import ActivationQuantizer
 from lowbit.nn.layers import QuantConv, QuantLinear, WeightObserver, quantize_weight
+from lowbit.nn.scale import ChannelScale
 
-__all__ = ["ActivationQuantizer", "QuantLinear", "QuantConv", "WeightObserver", "quantize_weight"]
+__all__ = ["ActivationQuantizer", "QuantLinear", "QuantConv", "WeightObserver", "quantize_weight", "ChannelScale"]
