@@ -40,6 +40,10 @@ bench: $(STAMP) data peers
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/engine_agreement.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/engine_speed.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/onnx_sizes.py
+	cd benchmarks/peers && ../../$(PEERS_VENV)/bin/python nncf_dfq.py --out ../results/peers_nncf_dfq.json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/dfq.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/learned_rounding.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/smoothquant.py
 
 # Peer quantizers (torchao, NNCF) live in their own environment with the same torch pin; only benchmarks use it.
 PEERS_VENV := .venv-peers

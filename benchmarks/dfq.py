@@ -18,14 +18,13 @@ Writes benchmarks/results/dfq.{json,md}. Run: ``.venv/bin/python benchmarks/dfq.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import warnings
 from pathlib import Path
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 import lowbit
 from lowbit.flows.zero_shot import zero_shot_data
@@ -34,6 +33,7 @@ from lowbit.recipes import Transforms, preset
 from lowbit.spec import QuantSpec
 from lowbit.zoo import load
 from lowbit.zoo.data import fashion_mnist
+from twin import relu_variant, rescaled_twin
 
 RESULTS = Path(__file__).parent / "results"
 CALIBRATION, ZERO_SHOT, SEED = 512, 512, 0
@@ -43,46 +43,6 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> fl
     with torch.no_grad():
         predictions = torch.cat([model(images[i : i + 1000]).argmax(1) for i in range(0, len(images), 1000)])
     return round(100.0 * float((predictions == labels).float().mean()), 2)
-
-
-def relu_variant(model: nn.Module) -> fx.GraphModule:
-    """``model`` with every ReLU6 replaced by ReLU (what DFQ does to MobileNetV2 before equalizing)."""
-    gm = fx.symbolic_trace(copy.deepcopy(model))
-    for name, module in list(gm.named_modules()):
-        if isinstance(module, nn.ReLU6):
-            parent, _, child = name.rpartition(".")
-            setattr(gm.get_submodule(parent) if parent else gm, child, nn.ReLU())
-    gm.recompile()
-    return gm
-
-
-@torch.no_grad()
-def rescaled_twin(model: nn.Module, seed: int) -> fx.GraphModule:
-    """The ReLU variant with per-channel scales 10^U(−2, 2) pushed through every conv → BN → ReLU → conv chain."""
-    gm = relu_variant(model)
-    modules = dict(gm.named_modules())
-    generator = torch.Generator().manual_seed(seed)
-    for node in gm.graph.nodes:
-        bn = next(iter(node.users)) if node.op == "call_module" and len(node.users) == 1 else None
-        if bn is None or not isinstance(modules.get(node.target), nn.Conv2d) or not isinstance(
-                modules.get(bn.target), nn.BatchNorm2d) or len(bn.users) != 1:
-            continue
-        relu = next(iter(bn.users))
-        if not isinstance(modules.get(relu.target), nn.ReLU) or len(relu.users) != 1:
-            continue
-        consumer = modules.get(next(iter(relu.users)).target)
-        if not isinstance(consumer, nn.Conv2d):
-            continue
-        norm = modules[bn.target]
-        scale = 10.0 ** (torch.rand(norm.num_features, generator=generator, dtype=torch.float64) * 4 - 2)
-        norm.weight.copy_(norm.weight.double() / scale)  # BN output (and so ReLU output) divided by s
-        norm.bias.copy_(norm.bias.double() / scale)
-        groups = consumer.groups
-        view = consumer.weight.double().reshape(groups, consumer.out_channels // groups, -1,
-                                                consumer.weight[0, 0].numel())
-        view = view * scale.reshape(groups, 1, -1, 1)
-        consumer.weight.copy_(view.reshape(consumer.weight.shape))
-    return gm
 
 
 def quantized(model: nn.Module, recipe, batches) -> nn.Module:

@@ -103,6 +103,9 @@ def test_quantize_with_learned_rounding_lists_it_and_reloads(tmp_path):
         (["quantize", "--model", "zoo:lenet5", "--correct-bias", "magic"], "--correct-bias must be analytic or"),
         (["quantize", "--model", "zoo:lenet5", "--zero-shot", "8"], "BatchNorm"),
         (["quantize", "--model", "zoo:lenet5", "--relu6-to-relu"], "relu6_to_relu needs equalize"),
+        (["quantize", "--model", "zoo:lenet5", "--split-outliers", "1.5"], "--split-outliers"),
+        (["quantize", "--model", "zoo:lenet5", "--rounding", "gptq", "--correct-bias", "analytic"], "do not combine"),
+        (["quantize", "--model", "zoo:lenet5", "--smoothquant", "0.5"], "no nn.Linear reads a LayerNorm output"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(args, message):

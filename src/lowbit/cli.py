@@ -64,6 +64,8 @@ def quantize(
     correct_bias: str = typer.Option(None, "--correct-bias", help="bias correction: analytic or empirical"),
     zero_shot: int = typer.Option(None, "--zero-shot", min=1,
                                   help="calibrate on N zero-shot (ZeroQ) samples distilled from the model: no data"),
+    split_outliers: float = typer.Option(None, "--split-outliers", min=0.0, max=1.0,
+                                         help="outlier channel splitting: grow each layer pair by this ratio"),
     smoothquant: float = typer.Option(None, "--smoothquant", min=0.0, max=1.0,
                                       help="SmoothQuant alpha for Linear layers after a LayerNorm (transformers)"),
     rounding: str = typer.Option(None, "--rounding",
@@ -90,12 +92,13 @@ def quantize(
         _fail(f"--rounding {rounding!r} is not one of {', '.join(k.value for k in WeightRounding)}")
     try:
         spec = load_recipe(recipe)
-        if equalize or relu6_to_relu or absorb_bias or correct_bias or smoothquant is not None:
+        if equalize or relu6_to_relu or absorb_bias or correct_bias or smoothquant is not None or split_outliers:
             old = spec.transforms
             spec = dataclasses.replace(spec, transforms=Transforms(
                 equalize=equalize or old.equalize, relu6_to_relu=relu6_to_relu or old.relu6_to_relu,
                 absorb_bias=absorb_bias or old.absorb_bias, correct_bias=correct_bias or old.correct_bias,
-                smoothquant=smoothquant if smoothquant is not None else old.smoothquant))
+                smoothquant=smoothquant if smoothquant is not None else old.smoothquant,
+                split_outliers=split_outliers or old.split_outliers))
         if rounding is not None:
             spec = dataclasses.replace(spec, weight_rounding=rounding)
         with warnings.catch_warnings(record=True) as caught:

@@ -185,6 +185,8 @@ class Transforms:
         absorb_bias: high-bias absorption (:func:`lowbit.transforms.absorb_bias`).
         correct_bias: ``"analytic"`` (from BatchNorm statistics, no data) or ``"empirical"`` (from the
             calibration batches) bias correction for the recipe's weight quantization; ``None``: off.
+        split_outliers: outlier channel splitting's expand ratio in ``(0, 1]`` (:func:`lowbit.transforms.split_outliers`,
+            applied after equalization and absorption, before bias correction); ``None``: off.
         smoothquant: SmoothQuant's ``α`` in ``[0, 1]`` for the Linear layers that read a LayerNorm output
             (:func:`lowbit.transforms.smooth_quant`, from the calibration batches); ``None``: off. Also works on
             models quantized layer by layer (no trace needed).
@@ -199,8 +201,13 @@ class Transforms:
     absorb_bias: bool = False
     correct_bias: BiasCorrection | None = None
     smoothquant: float | None = None
+    split_outliers: float | None = None
 
     def __post_init__(self) -> None:
+        if self.split_outliers is not None and (isinstance(self.split_outliers, bool) or not isinstance(
+                self.split_outliers, (int, float)) or not 0.0 < self.split_outliers <= 1.0):
+            raise ValueError(f"Recipe.transforms.split_outliers must be null or an expand ratio in (0, 1], got "
+                             f"{self.split_outliers!r}")
         if self.smoothquant is not None and (isinstance(self.smoothquant, bool) or not isinstance(
                 self.smoothquant, (int, float)) or not 0.0 <= self.smoothquant <= 1.0):
             raise ValueError(f"Recipe.transforms.smoothquant must be null or an alpha in [0, 1], got "
@@ -221,12 +228,12 @@ class Transforms:
     @property
     def needs_graph(self) -> bool:
         """The transforms that find layer pairs in a traced graph."""
-        return self.equalize or self.absorb_bias or self.correct_bias is not None
+        return self.equalize or self.absorb_bias or self.correct_bias is not None or self.split_outliers is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {"equalize": self.equalize, "relu6_to_relu": self.relu6_to_relu, "absorb_bias": self.absorb_bias,
                 "correct_bias": self.correct_bias.value if self.correct_bias else None,
-                "smoothquant": self.smoothquant}
+                "smoothquant": self.smoothquant, "split_outliers": self.split_outliers}
 
 
 @dataclass(frozen=True)

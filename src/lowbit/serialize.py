@@ -119,9 +119,11 @@ def save_quantized(model: nn.Module, folder: str | Path, source: str) -> Path:
     state, packed = _saved_state(model)
     save_file(state, str(folder / _WEIGHTS))
     meta = {"format": FORMAT, "source": source, "recipe": recipe.to_dict(), "packed": packed}
-    smoothed = getattr(getattr(model, "quantization_summary", None), "smoothed", [])
-    if smoothed:
-        meta["smoothed"] = list(smoothed)  # layers SmoothQuant changed: load rebuilds their structure
+    summary = getattr(model, "quantization_summary", None)
+    if getattr(summary, "smoothed", None):
+        meta["smoothed"] = list(summary.smoothed)  # layers SmoothQuant changed: load rebuilds their structure
+    if getattr(summary, "splits", None):
+        meta["splits"] = dict(summary.splits)  # channels outlier splitting duplicated: load grows the layers again
     (folder / _META).write_text(json.dumps(meta, indent=1) + "\n")
     return folder
 
@@ -145,7 +147,7 @@ def load_quantized(folder: str | Path, model: nn.Module | None = None) -> nn.Mod
         raise ValueError(f"{folder / _META}: format {meta.get('format')!r}, this lowbit reads {FORMAT!r}")
     recipe = Recipe.from_dict(meta["recipe"], where=str(folder / _META))
     structure, _ = _prepare(model if model is not None else build_from_source(meta["source"]), recipe, False,
-                            None, True, smoothed=meta.get("smoothed"))
+                            None, True, smoothed=meta.get("smoothed"), splits=meta.get("splits"))
     state = load_file(str(folder / _WEIGHTS))
     for key, info in meta.get("packed", {}).items():
         state[key] = unpack(state.pop(key + ".packed"), int(info["bits"]), bool(info["signed"]), tuple(info["shape"]))

@@ -58,3 +58,25 @@ def test_replaying_a_plan_rebuilds_the_same_model():
 def test_bad_ratio_is_named():
     with pytest.raises(ValueError, match="expand_ratio must be in"):
         split_outliers(nn.Sequential(nn.Linear(2, 2)), expand_ratio=0)
+
+
+def test_recipe_splits_before_quantizing_and_the_plan_is_replayed_on_load(tmp_path):
+    import dataclasses
+
+    import lowbit
+    from lowbit.recipes import Transforms, preset
+
+    model = load("lenet5").model.eval()
+    batches = [torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))]
+    recipe = dataclasses.replace(preset("w8a8-pertensor"), transforms=Transforms(split_outliers=0.1))
+    q = lowbit.quantize(model, recipe, calibration=batches, progress=False)
+    summary = q.quantization_summary
+    assert summary.transforms[0].startswith("split_outliers: ") and summary.splits
+    consumer, plan = next(iter(summary.splits.items()))
+    grown = q.get_submodule(plan["producer"]).weight_q.shape[0]
+    assert grown == model.get_submodule(plan["producer"]).weight.shape[0] + len(plan["channels"])
+    lowbit.save_quantized(q, tmp_path / "m", source="zoo:lenet5")
+    again = lowbit.load_quantized(tmp_path / "m")
+    assert torch.equal(again(batches[0]), q(batches[0]))
+    with pytest.raises(ValueError, match="split_outliers must be null or an expand ratio"):
+        Transforms(split_outliers=2.0)

@@ -50,6 +50,7 @@ from lowbit.functional.affine import qparam_shape
 from lowbit.spec import PerChannel, PerGroup, QuantSpec
 from lowbit.transforms import BiasCorrection, absorb_bias, correct_bias, equalize
 from lowbit.transforms.smooth_quant import apply_smoothing, smooth_quant
+from lowbit.transforms.split_outliers import apply_splits, split_outliers
 from lowbit.transforms.fold_bn import fold_bn, modules_called_once, replace_module
 
 __all__ = ["quantize", "prepare", "QuantizationSummary", "make_observer", "calibrate", "bind_accumulator_bias"]
@@ -78,6 +79,7 @@ class QuantizationSummary:
     notes: list[str] = field(default_factory=list)
     transforms: list[str] = field(default_factory=list)  # what the recipe's transforms changed, one line each
     smoothed: list[str] = field(default_factory=list)  # layers SmoothQuant put a ChannelScale in front of
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)  # consumer → {"producer", "channels"} (OCS)
 
 
 def make_observer(kind: ObserverKind, spec: QuantSpec, options: dict[str, Any] | None = None) -> Observer:
@@ -277,11 +279,12 @@ def prepare(model: nn.Module, recipe: str | Recipe = "w8a8", *, inplace: bool = 
 
 
 def _prepare(model: nn.Module, recipe: Recipe, inplace: bool, calibration: Iterable[Any] | None,
-             weights_follow: bool, smoothed: list[str] | None = None) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+             weights_follow: bool, smoothed: list[str] | None = None, splits: dict[str, Any] | None = None,
+             ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """:func:`prepare`, also returning the float weights just before the swap when learned rounding needs them.
 
-    ``smoothed``: with ``weights_follow``, the layers SmoothQuant changed when the model was saved (their
-    structure is rebuilt; the factors come with the weights)."""
+    ``smoothed`` / ``splits``: with ``weights_follow``, the layers SmoothQuant and outlier splitting changed when
+    the model was saved (their structure is rebuilt; the values come with the weights)."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"quantize needs an nn.Module, got {type(model).__name__}")
     work = model if inplace else copy.deepcopy(model)
@@ -303,10 +306,11 @@ def _prepare(model: nn.Module, recipe: Recipe, inplace: bool, calibration: Itera
         result, graph = work, False
     summary = QuantizationSummary(recipe.name, recipe.mode.value, graph)
     if recipe.transforms.needs_graph and not graph:
-        raise ValueError("the recipe's transforms (equalize, absorb_bias, correct_bias) need a model torch.fx "
+        raise ValueError("the recipe's transforms (equalize, absorb_bias, correct_bias, split_outliers) need a "
+                         "model torch.fx "
                          "can trace; this one cannot be traced")
     if recipe.transforms.any:
-        result = _apply_transforms(result, recipe, summary, calibration, weights_follow, smoothed)
+        result = _apply_transforms(result, recipe, summary, calibration, weights_follow, smoothed, splits)
     plans = _plans(result, recipe)
     learned = recipe.weight_rounding is not WeightRounding.NEAREST and not weights_follow
     reference = float_weights(result) if learned else {}
@@ -323,7 +327,7 @@ def _prepare(model: nn.Module, recipe: Recipe, inplace: bool, calibration: Itera
 
 def _apply_transforms(gm: nn.Module, recipe: Recipe, summary: QuantizationSummary,
                       calibration: Iterable[Any] | None, weights_follow: bool,
-                      smoothed: list[str] | None) -> nn.Module:
+                      smoothed: list[str] | None, splits: dict[str, Any] | None) -> nn.Module:
     """The recipe's float transforms on the folded graph (SmoothQuant also on an untraced model), each
     summarised in ``summary.transforms``."""
     steps = recipe.transforms
@@ -336,6 +340,17 @@ def _apply_transforms(gm: nn.Module, recipe: Recipe, summary: QuantizationSummar
         gm, absorbed = absorb_bias(gm)
         summary.transforms.append(f"absorb_bias: {sum(absorbed.absorbed.values())} channels in "
                                   f"{len(absorbed.absorbed)} layers, {len(absorbed.skipped)} pairs skipped")
+    if steps.split_outliers is not None:
+        if weights_follow:
+            for consumer, plan in (splits or {}).items():
+                apply_splits(gm, plan["producer"], consumer, list(plan["channels"]))
+            gm.recompile()
+            summary.splits = dict(splits or {})
+        else:
+            gm, split = split_outliers(gm, steps.split_outliers, inplace=True)
+            summary.splits = {c: {"producer": split.producers[c], "channels": ch} for c, ch in split.split.items()}
+            summary.transforms.append(f"split_outliers: {sum(map(len, split.split.values()))} channels in "
+                                      f"{len(split.split)} layers, {len(split.skipped)} left")
     if steps.correct_bias is not None and not weights_follow:
         if steps.correct_bias is BiasCorrection.EMPIRICAL and calibration is None:
             raise ValueError("recipe: transforms.correct_bias 'empirical' needs calibration batches")

@@ -1,5 +1,6 @@
 """Model surgery on float models: BatchNorm folding, cross-layer equalization, high-bias absorption, bias
-correction and outlier channel splitting (learned rounding and SmoothQuant arrive later in issue #5).
+correction, outlier channel splitting and SmoothQuant. (Learned weight rounding changes a quantized model's
+codes, not the float model: it lives in :mod:`lowbit.flows.rounding`.)
 
 Each transform is a verb the user calls; each returns the changed traced model and, except ``fold_bn``, a small
 report of what it changed.
@@ -18,8 +19,9 @@ from lowbit.transforms.correct_bias import BiasCorrection, BiasCorrectionReport,
 from lowbit.transforms.equalize import EqualizeReport, equalize
 from lowbit.transforms.fold_bn import fold_bn, fold_bn_into, modules_called_once, replace_module
 from lowbit.transforms.pairs import Pair, find_pairs
+from lowbit.transforms.smooth_quant import SmoothReport, smooth_quant
 from lowbit.transforms.split_outliers import SplitReport, split_outliers
 
 __all__ = ["fold_bn", "fold_bn_into", "modules_called_once", "replace_module", "equalize", "EqualizeReport",
            "absorb_bias", "AbsorbReport", "correct_bias", "BiasCorrection", "BiasCorrectionReport", "find_pairs",
-           "Pair", "split_outliers", "SplitReport"]
+           "Pair", "split_outliers", "SplitReport", "smooth_quant", "SmoothReport"]
