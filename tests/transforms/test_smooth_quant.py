@@ -102,3 +102,16 @@ def test_bad_input_is_named():
         Recipe(transforms=Transforms(smoothquant=True))
     with pytest.raises(ValueError, match="smoothquant needs calibration"):
         lowbit.flows.prepare(_block(), dataclasses.replace(preset("w8a8"), transforms=Transforms(smoothquant=0.5)))
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet5", "resnet20", "mobilenetv2"])
+def test_every_zoo_model_keeps_its_function_with_all_linear_layers_smoothed(name):
+    from lowbit.zoo import load
+
+    model = load(name).model.double().eval()
+    images = load(name).test.tensors[0][:64].double()
+    smoothed, report = smooth_quant(model, [images[:32]], alpha=0.5, include=("*",))
+    assert report.layers  # every zoo model has at least its classifier
+    with torch.no_grad():
+        reference, result = model(images), smoothed(images)
+    assert torch.allclose(result, reference, rtol=1e-5, atol=1e-5 * float(reference.abs().max()))
