@@ -79,17 +79,21 @@ def _linear_layers(model: nn.Module) -> list[str]:
 
 @torch.no_grad()
 def _reading_layernorm(model: nn.Module, names: list[str], batch: Any) -> list[str]:
-    """The layers among ``names`` whose input is a LayerNorm's output tensor itself (matched by storage)."""
-    produced: set[tuple[int, tuple[int, ...]]] = set()
+    """The layers among ``names`` whose input is a LayerNorm's output tensor itself (same storage, shape, strides).
+
+    The outputs are held until the pass ends, so no later tensor can reuse their memory and match by accident."""
+    produced: list[torch.Tensor] = []
     readers: list[str] = []
 
     def remember(_: nn.Module, __: Any, out: torch.Tensor) -> None:
-        produced.add((out.data_ptr(), tuple(out.shape)))
+        produced.append(out)
+
+    def same(x: torch.Tensor, y: torch.Tensor) -> bool:
+        return x.data_ptr() == y.data_ptr() and x.shape == y.shape and x.stride() == y.stride()
 
     def check(name: str):
         def hook(_: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0]
-            if (x.data_ptr(), tuple(x.shape)) in produced and name not in readers:
+            if any(same(args[0], out) for out in produced) and name not in readers:
                 readers.append(name)
         return hook
 
