@@ -70,7 +70,7 @@ class WeightRounding(enum.Enum):
 
 # every option Recipe.rounding_options may set, with its default (samples: inputs kept per layer for AdaRound;
 # steps/batch_size/lr/reg/warm_start: AdaRound's optimisation; block/damp: GPTQ's; seed: mini-batch draws)
-ROUNDING_OPTIONS: dict[str, Any] = {"samples": 512, "steps": 1000, "batch_size": 32, "lr": 3e-2, "reg": 0.1,
+ROUNDING_OPTIONS: dict[str, Any] = {"samples": 512, "steps": 1000, "batch_size": 32, "lr": 1e-2, "reg": 0.01,
                                     "warm_start": 0.2, "block": 128, "damp": 0.01, "seed": 0}
 
 

@@ -39,8 +39,10 @@ def _error(x, w, codes, scale):
 
 @pytest.mark.parametrize("rows, cols", [(8, 24), (32, 64)])
 def test_codes_are_floor_or_ceil_and_beat_round_to_nearest_as_gptq_does(rows, cols):
+    # λ weighs the regulariser against an output error whose size depends on the layer: these small layers need
+    # λ = 0.1 (at the paper's 0.01 they stay near round-to-nearest), real convolutions do well with the default
     x, w, scale, zero = _problem(rows, cols, rows)
-    codes = adaround_codes(w, [x[:512], x[512:]], F.linear, scale, zero, -3, 3, steps=1000, seed=0)
+    codes = adaround_codes(w, [x[:512], x[512:]], F.linear, scale, zero, -3, 3, steps=1000, lr=3e-2, reg=0.1, seed=0)
     floor = torch.floor(w / scale)
     assert bool(((codes == floor) | (codes == floor + 1)).all())
     nearest = torch.clamp(torch.round(w / scale), -3, 3)
@@ -48,7 +50,7 @@ def test_codes_are_floor_or_ceil_and_beat_round_to_nearest_as_gptq_does(rows, co
     learned, rtn = _error(x, w, codes, scale), _error(x, w, nearest, scale)
     assert learned < 0.75 * rtn
     assert learned < 1.15 * _error(x, w, gptq, scale)
-    again = adaround_codes(w, [x[:512], x[512:]], F.linear, scale, zero, -3, 3, steps=1000, seed=0)
+    again = adaround_codes(w, [x[:512], x[512:]], F.linear, scale, zero, -3, 3, steps=1000, lr=3e-2, reg=0.1, seed=0)
     assert torch.equal(codes, again)  # deterministic under the seed
 
 

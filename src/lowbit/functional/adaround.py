@@ -83,7 +83,7 @@ def annealed_beta(step: int, steps: int, warm_start: float, start: float = 20.0,
 def adaround_codes(weight: torch.Tensor, inputs: Sequence[torch.Tensor],
                    op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], scale: torch.Tensor,
                    zero_point: torch.Tensor, qmin: int, qmax: int, *, steps: int = 1000, batch_size: int = 32,
-                   lr: float = 3e-2, reg: float = 0.1, warm_start: float = 0.2, seed: int = 0) -> torch.Tensor:
+                   lr: float = 1e-2, reg: float = 0.01, warm_start: float = 0.2, seed: int = 0) -> torch.Tensor:
     """Integer codes of ``weight`` that AdaRound learns on ``inputs`` for the layer ``op(x, weight)``.
 
     Args:
