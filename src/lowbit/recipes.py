@@ -190,6 +190,8 @@ class Transforms:
         smoothquant: SmoothQuant's ``α`` in ``[0, 1]`` for the Linear layers that read a LayerNorm output
             (:func:`lowbit.transforms.smooth_quant`, from the calibration batches); ``None``: off. Also works on
             models quantized layer by layer (no trace needed).
+        smoothquant_include / smoothquant_exclude: name patterns (``fnmatch``) choosing the layers SmoothQuant
+            smooths instead of the LayerNorm readers, e.g. adding a transformer's second feed-forward layer.
 
     Example:
         >>> Transforms(equalize=True, correct_bias="analytic").correct_bias
@@ -202,8 +204,17 @@ class Transforms:
     correct_bias: BiasCorrection | None = None
     smoothquant: float | None = None
     split_outliers: float | None = None
+    smoothquant_include: tuple[str, ...] | None = None
+    smoothquant_exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in ("smoothquant_include", "smoothquant_exclude"):
+            value = getattr(self, name)
+            if value is None and name == "smoothquant_include":
+                continue
+            if isinstance(value, str) or not all(isinstance(p, str) for p in value):
+                raise ValueError(f"Recipe.transforms.{name} must be a list of name patterns, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
         if self.split_outliers is not None and (isinstance(self.split_outliers, bool) or not isinstance(
                 self.split_outliers, (int, float)) or not 0.0 < self.split_outliers <= 1.0):
             raise ValueError(f"Recipe.transforms.split_outliers must be null or an expand ratio in (0, 1], got "
@@ -233,7 +244,9 @@ class Transforms:
     def to_dict(self) -> dict[str, Any]:
         return {"equalize": self.equalize, "relu6_to_relu": self.relu6_to_relu, "absorb_bias": self.absorb_bias,
                 "correct_bias": self.correct_bias.value if self.correct_bias else None,
-                "smoothquant": self.smoothquant, "split_outliers": self.split_outliers}
+                "smoothquant": self.smoothquant, "split_outliers": self.split_outliers,
+                "smoothquant_include": None if self.smoothquant_include is None else list(self.smoothquant_include),
+                "smoothquant_exclude": list(self.smoothquant_exclude)}
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,16 @@ def test_smoothing_helps_static_w8a8_and_survives_save_and_load(tmp_path):
     assert isinstance(again.get_submodule("q.1.1"), QuantLinear)  # Sequential(ChannelScale, (quantizer, layer))
 
 
+def test_recipe_patterns_choose_other_layers_and_round_trip(tmp_path):
+    recipe = dataclasses.replace(preset("w8a8"), transforms=Transforms(
+        smoothquant=0.5, smoothquant_include=("*",), smoothquant_exclude=("k", "v")))
+    recipe.save(tmp_path / "r.yaml")
+    assert lowbit.recipes.load_recipe(tmp_path / "r.yaml") == recipe
+    with pytest.warns(UserWarning, match="could not be traced"):
+        q = lowbit.quantize(_block(untraceable=True), recipe, calibration=_batches(), progress=False)
+    assert q.quantization_summary.smoothed == ["q", "up", "down"]
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="alpha must be in"):
         smooth_quant(_block(), _batches(), alpha=1.5)
@@ -100,6 +110,8 @@ def test_bad_input_is_named():
         smooth_quant(_block(), [])
     with pytest.raises(ValueError, match="smoothquant must be null or an alpha"):
         Recipe(transforms=Transforms(smoothquant=True))
+    with pytest.raises(ValueError, match="smoothquant_include must be a list of name patterns"):
+        Transforms(smoothquant=0.5, smoothquant_include="q")
     with pytest.raises(ValueError, match="smoothquant needs calibration"):
         lowbit.flows.prepare(_block(), dataclasses.replace(preset("w8a8"), transforms=Transforms(smoothquant=0.5)))
 

@@ -370,7 +370,8 @@ def _apply_transforms(gm: nn.Module, recipe: Recipe, summary: QuantizationSummar
         else:
             if calibration is None:
                 raise ValueError("recipe: transforms.smoothquant needs calibration batches")
-            gm, smooth = smooth_quant(gm, calibration, steps.smoothquant, inplace=True)
+            gm, smooth = smooth_quant(gm, calibration, steps.smoothquant, include=steps.smoothquant_include,
+                                      exclude=steps.smoothquant_exclude, inplace=True)
             summary.smoothed = list(smooth.layers)
             worst = max(smooth.outlier_ratio.values(), key=lambda r: r[0])
             summary.transforms.append(f"smoothquant (alpha {steps.smoothquant}): {len(smooth.layers)} layers, "
