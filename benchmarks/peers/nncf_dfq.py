@@ -19,6 +19,7 @@ from pathlib import Path
 import nncf
 import torch
 from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+from nncf_ptq import Wrapped  # NNCF's hook storage would be called as a layer of a bare Sequential
 from peer_run import correct, percent
 
 from lowbit import zoo
@@ -29,15 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from twin import rescaled_twin  # noqa: E402
 
 SEED = 0
-
-
-class Wrapped(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
 
 
 def main() -> None:

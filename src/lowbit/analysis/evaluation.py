@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-__all__ = ["accuracy", "latency_ms", "fp32_bytes", "mean_cosine", "similarity_spearman", "call"]
+__all__ = ["accuracy", "latency_ms", "fp32_bytes", "mean_cosine", "similarity_spearman", "call", "run_with_input_hooks"]
 
 # A model input as lowbit's flows accept it: one tensor, a tuple of positional inputs, or a dict of keyword inputs.
 Batch = torch.Tensor | tuple | dict
@@ -39,6 +39,18 @@ def call(model: nn.Module, batch: Batch):
     if isinstance(batch, (tuple, list)):
         return model(*batch)
     raise ValueError(f"a batch must be a tensor, a tuple of inputs or a dict, got {type(batch).__name__}")
+
+
+def run_with_input_hooks(model: nn.Module, batches, hooks: dict[nn.Module, object]) -> None:
+    """Run every batch through ``model`` with ``hooks[m](m, args)`` seeing each input of module ``m``; the hooks
+    are removed afterwards, also when a batch fails."""
+    handles = [m.register_forward_pre_hook(fn) for m, fn in hooks.items()]
+    try:
+        for batch in batches:
+            call(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @torch.no_grad()

@@ -141,7 +141,7 @@ def expected_inputs_analytic(gm: fx.GraphModule) -> tuple[dict[str, torch.Tensor
 @torch.no_grad()
 def expected_inputs_empirical(model: nn.Module, batches: Iterable[Any]) -> dict[str, torch.Tensor]:
     """``E[x]`` per input channel (conv) or feature (linear) of every conv/linear, measured on ``batches``."""
-    from lowbit.analysis.evaluation import call
+    from lowbit.analysis.evaluation import run_with_input_hooks
 
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
@@ -157,13 +157,7 @@ def expected_inputs_empirical(model: nn.Module, batches: Iterable[Any]) -> dict[
             counts[name] = counts.get(name, 0) + per_feature.shape[1]
         return record
 
-    handles = [m.register_forward_pre_hook(hook(name)) for name, m in model.named_modules() if type(m) in LAYERS]
-    try:
-        for batch in batches:
-            call(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_input_hooks(model, batches, {m: hook(name) for name, m in model.named_modules() if type(m) in LAYERS})
     return {name: sums[name] / counts[name] for name in sums}
 
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from lowbit.analysis.evaluation import call
+from lowbit.analysis.evaluation import call, run_with_input_hooks
 from lowbit.nn.scale import ChannelScale
 from lowbit.transforms.fold_bn import modules_called_once, replace_module
 
@@ -126,13 +126,7 @@ def _input_maxima(model: nn.Module, names: list[str], batches: Iterable[Any]) ->
             maxima[name] = m if name not in maxima else torch.maximum(maxima[name], m)
         return record
 
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
-    try:
-        for batch in batches:
-            call(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_input_hooks(model, batches, {model.get_submodule(n): hook(n) for n in names})
     return maxima
 
 
