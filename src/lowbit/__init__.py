@@ -12,7 +12,7 @@ Example:
             [ 7,  4]], dtype=torch.int8)
 """
 
-from lowbit import analysis, functional, observers
+from lowbit import analysis, functional, observers, qat
 from lowbit.flows import quantize
 from lowbit.recipes import Mode, ObserverKind, Override, Recipe, Transforms, load_recipe, preset
 from lowbit.serialize import load_quantized, save_quantized
@@ -35,6 +35,7 @@ __all__ = [
     "analysis",
     "functional",
     "observers",
+    "qat",
     "Granularity",
     "PerChannel",
     "PerGroup",

@@ -464,6 +464,12 @@ PRESETS: dict[str, Recipe] = {
                       weight_observer=ObserverKind.MSE),
     "w4a8": Recipe("w4a8", Mode.STATIC, QuantSpec(bits=4, granularity=PerChannel(0)), _A8,
                    weight_observer=ObserverKind.MSE, first_last_bits=8),
+    # low-bit static recipes for QAT (and PTQ baselines): per-channel symmetric weights on the full signed grid
+    # ([−8, 7] at 4 bits, LSQ's), first and last layers at 8 bits, MSE ranges for post-training use
+    "w4a4": Recipe("w4a4", Mode.STATIC, QuantSpec(bits=4, granularity=PerChannel(0)), QuantSpec(bits=4, signed=False, symmetric=False),
+                   weight_observer=ObserverKind.MSE, activation_observer=ObserverKind.MSE, first_last_bits=8),
+    "w2a2": Recipe("w2a2", Mode.STATIC, QuantSpec(bits=2, granularity=PerChannel(0)), QuantSpec(bits=2, signed=False, symmetric=False),
+                   weight_observer=ObserverKind.MSE, activation_observer=ObserverKind.MSE, first_last_bits=8),
     "fp16": Recipe("fp16", Mode.FP16, None, None),
     "bf16": Recipe("bf16", Mode.BF16, None, None),
 }

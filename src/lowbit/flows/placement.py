@@ -20,10 +20,11 @@ from torch.nn import functional as F
 
 from lowbit.nn.activation import ActivationQuantizer
 from lowbit.nn.layers import QuantConv, QuantLinear
+from lowbit.nn.qat_layers import QATLayer
 
 __all__ = ["Placement", "place_quantizers", "keeps_grid", "input_scales"]
 
-QUANT_LAYERS = (QuantLinear, QuantConv)
+QUANT_LAYERS = (QuantLinear, QuantConv, QATLayer)  # QAT layers sit where their quantized form will
 _FUSABLE_MODULES = (nn.ReLU, nn.ReLU6)
 _FUSABLE_FUNCTIONS = {F.relu, F.relu6, torch.relu}
 # keep the codes' grid: max/relu/reshape of codes are codes with the same scale and zero point

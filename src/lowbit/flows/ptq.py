@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,12 +171,17 @@ def _edge_spec(node: fx.Node, plans: dict[str, Any], recipe: Recipe) -> QuantSpe
 
 
 def _insert_quantizers(gm: fx.GraphModule, recipe: Recipe, summary: QuantizationSummary,
-                       plans: dict[str, Any]) -> None:
+                       plans: dict[str, Any], make: Callable[..., nn.Module] | None = None) -> None:
+    """Put a quantizer after every edge :func:`place_quantizers` chooses, named ``act_quant_{i}`` in that order.
+
+    ``make(recipe, spec, label, model_input=…)`` builds each one (default: an :class:`ActivationQuantizer`); QAT
+    passes its trainable quantizers, so a converted QAT model has the names and edges of a PTQ one."""
+    make = make or _activation_quantizer
     placement = place_quantizers(gm, dynamic=recipe.mode is Mode.DYNAMIC, quantize_output=recipe.quantize_output)
     for i, node in enumerate(placement.after):
         name = f"act_quant_{i}"
-        quantizer = _activation_quantizer(recipe, _edge_spec(node, plans, recipe), f"output of {node.name}",
-                                          model_input=node.op == "placeholder")
+        quantizer = make(recipe, _edge_spec(node, plans, recipe), f"output of {node.name}",
+                         model_input=node.op == "placeholder")
         gm.add_submodule(name, quantizer)
         with gm.graph.inserting_after(node):
             q = gm.graph.call_module(name, (node,))

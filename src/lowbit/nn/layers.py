@@ -62,7 +62,20 @@ class _QuantWeightMixin(nn.Module):
     weight_zero_point: torch.Tensor
 
     def _set_weight(self, weight: torch.Tensor, spec: QuantSpec, observer: WeightObserver) -> None:
-        q, qp = quantize_weight(weight, spec, observer)
+        self.set_codes(*quantize_weight(weight, spec, observer))
+
+    def set_codes(self, q: torch.Tensor, qp: QParams) -> None:
+        """Hold the integer codes ``q`` with their qparams (e.g. from quantization-aware training).
+
+        Raises:
+            ValueError: codes off ``qp``'s grid, or qparams that do not fit the codes.
+        """
+        spec = qp.spec
+        if q.is_floating_point() or int(q.min()) < spec.qmin or int(q.max()) > spec.qmax:
+            raise ValueError(f"weight codes must be integers in [{spec.qmin}, {spec.qmax}], got {q.dtype} "
+                             f"in [{q.min().item()}, {q.max().item()}]")
+        dequantize(q.to(spec.code_dtype), qp)  # validates the qparams' shape against the codes
+        q = q.to(spec.code_dtype)
         self.weight_spec = spec
         self.register_buffer("weight_q", q)
         self.register_buffer("weight_scale", qp.scale)

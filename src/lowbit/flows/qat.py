@@ -1,0 +1,384 @@
+"""``lowbit.qat``: quantization-aware training — prepare a model, train it with any loop, convert it.
+
+:func:`prepare` traces the model, puts a :class:`~lowbit.nn.qat_layers.QATLayer` (fake-quantized weight, the
+following BatchNorm folded as in the whitepaper) where PTQ would put an integer layer, and a trainable activation
+quantizer on every edge PTQ would quantize — the same names, the same edges, the same recipe (first/last-layer
+precision, overrides) — then initialises the quantizers from calibration batches. Train it with
+:func:`lowbit.qat.fit` or your own loop (add :func:`regularization` to the loss for PACT). :func:`convert` returns
+the frozen model with integer weights and fixed activation qparams that the integer engine, ONNX export and
+``save_quantized`` take — computing what the trained model computes in eval mode.
+
+Example:
+    >>> import torch, lowbit
+    >>> torch.manual_seed(0) and None
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    >>> batches = [torch.randn(32, 8) for _ in range(4)]
+    >>> qat_model = prepare(model, "w4a4", "lsq", calibration=batches)
+    >>> loss = qat_model(batches[0]).square().mean(); loss.backward()       # any training loop
+    >>> frozen = convert(qat_model)          # same values up to the bias on the integer accumulator's grid
+    >>> bool(lowbit.analysis.sqnr(qat_model.eval()(batches[1]), frozen(batches[1])) > 30)
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from lowbit.analysis.evaluation import call
+from lowbit.flows.ptq import (
+    QuantizationSummary,
+    _activation_quantizer,
+    _fit_groups,
+    _insert_quantizers,
+    _plans,
+    bind_accumulator_bias,
+    progress_bar,
+)
+from lowbit.nn.fake_quant import (
+    ActivationFakeQuantizer,
+    DoReFaActivationQuantizer,
+    DoReFaWeightQuantizer,
+    LSQActivationQuantizer,
+    LSQWeightQuantizer,
+    PACTActivationQuantizer,
+    QuantizerKind,
+    STEActivationQuantizer,
+    STEWeightQuantizer,
+    WeightFakeQuantizer,
+)
+from lowbit.nn.qat_layers import QATLayer
+from lowbit.recipes import Mode, Override, Recipe, WeightRounding, load_recipe
+from lowbit.spec import QuantSpec
+from lowbit.transforms.fold_bn import modules_called_once, replace_module
+
+__all__ = ["QATConfig", "prepare", "initialize", "convert", "freeze_bn", "set_bits", "enable", "regularization",
+           "QuantizerKind"]
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+# the weight and activation quantizers each --quantizer choice means (PACT is an activation rule: its weights use
+# the min/max STE quantizer, so PACT vs STE compares the activation rules alone)
+_DEFAULT_PAIRS = {
+    QuantizerKind.STE: (QuantizerKind.STE, QuantizerKind.STE),
+    QuantizerKind.LSQ: (QuantizerKind.LSQ, QuantizerKind.LSQ),
+    QuantizerKind.PACT: (QuantizerKind.STE, QuantizerKind.PACT),
+    QuantizerKind.DOREFA: (QuantizerKind.DOREFA, QuantizerKind.DOREFA),
+}
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """How a model was prepared for QAT (kept on the model as ``lowbit_qat``).
+
+    Args:
+        weight_quantizer / activation_quantizer: :class:`QuantizerKind` (PACT is activations only).
+        gradient_bits: DoReFa gradient quantization of every quantized layer's output gradient; None: off.
+        pact_decay: PACT's L2 coefficient on α.
+        momentum: the moving-average weight of the STE activation ranges.
+
+    Raises:
+        ValueError: naming the field and the value.
+    """
+
+    weight_quantizer: QuantizerKind = QuantizerKind.LSQ
+    activation_quantizer: QuantizerKind = QuantizerKind.LSQ
+    gradient_bits: int | None = None
+    pact_decay: float = 1e-4
+    momentum: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name in ("weight_quantizer", "activation_quantizer"):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, QuantizerKind(value))
+            except ValueError:
+                raise ValueError(f"QATConfig.{name}: {value!r} is not one of "
+                                 f"{', '.join(k.value for k in QuantizerKind)}") from None
+        if self.weight_quantizer is QuantizerKind.PACT:
+            raise ValueError("QATConfig.weight_quantizer: PACT clips activations; use ste, lsq or dorefa for weights")
+        if self.gradient_bits is not None and (not isinstance(self.gradient_bits, int) or not 1 <= self.gradient_bits <= 16):
+            raise ValueError(f"QATConfig.gradient_bits must be None or an int in 1..16, got {self.gradient_bits!r}")
+        if not self.pact_decay >= 0:
+            raise ValueError(f"QATConfig.pact_decay must be >= 0, got {self.pact_decay!r}")
+        if not 0 < self.momentum <= 1:
+            raise ValueError(f"QATConfig.momentum must be in (0, 1], got {self.momentum!r}")
+
+    @classmethod
+    def for_quantizer(cls, quantizer: str | QuantizerKind, **options: Any) -> QATConfig:
+        """The config ``--quantizer`` names (weights and activations per :data:`_DEFAULT_PAIRS`)."""
+        try:
+            kind = QuantizerKind(quantizer)
+        except ValueError:
+            raise ValueError(f"quantizer {quantizer!r} is not one of {', '.join(k.value for k in QuantizerKind)}") from None
+        weights, activations = _DEFAULT_PAIRS[kind]
+        return cls(weights, activations, **options)
+
+
+def _weight_quantizer(kind: QuantizerKind, spec: QuantSpec, weight: torch.Tensor) -> WeightFakeQuantizer:
+    if kind is QuantizerKind.LSQ:
+        return LSQWeightQuantizer(spec, weight)
+    if kind is QuantizerKind.DOREFA:
+        return DoReFaWeightQuantizer(spec)
+    return STEWeightQuantizer(spec)
+
+
+def _activation_factory(config: QATConfig):  # type: ignore[no-untyped-def]
+    def make(recipe: Recipe, spec: QuantSpec | None, label: str, model_input: bool = False) -> nn.Module:
+        spec = spec or recipe.activation
+        assert spec is not None
+        kind = config.activation_quantizer
+        if kind is QuantizerKind.LSQ:
+            return LSQActivationQuantizer(spec, label)
+        if kind is QuantizerKind.PACT:
+            return PACTActivationQuantizer(spec, label, decay=config.pact_decay)
+        if kind is QuantizerKind.DOREFA:
+            return DoReFaActivationQuantizer(spec, label, config.momentum)
+        return STEActivationQuantizer(spec, label, config.momentum)
+
+    return make
+
+
+def _bn_after(gm: fx.GraphModule) -> dict[str, fx.Node]:
+    """Layer name → the BatchNorm node that alone reads its output (the pairs :func:`~lowbit.transforms.fold_bn`
+    folds)."""
+    modules = dict(gm.named_modules())
+    once = set(modules_called_once(gm))
+    pairs = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), _BN):
+            continue
+        producer = node.args[0]
+        if isinstance(producer, fx.Node) and producer.op == "call_module" and len(producer.users) == 1 \
+                and producer.target in once and isinstance(modules.get(producer.target), (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            pairs[str(producer.target)] = node
+    return pairs
+
+
+def _check_recipe(recipe: Recipe, config: QATConfig) -> None:
+    if recipe.mode not in (Mode.STATIC, Mode.WEIGHT_ONLY):
+        raise ValueError(f"QAT trains static or weight-only recipes, got recipe {recipe.name!r} with mode "
+                         f"{recipe.mode.value}")
+    if recipe.transforms.any or recipe.weight_rounding is not WeightRounding.NEAREST:
+        raise ValueError(f"recipe {recipe.name!r}: transforms and learned rounding are post-training steps; "
+                         "QAT trains the weights instead")
+    learned = config.activation_quantizer is not QuantizerKind.STE
+    if recipe.mode is Mode.STATIC and learned and recipe.activation is not None and (
+            recipe.activation.symmetric or recipe.activation.narrow_range):
+        raise ValueError(f"Recipe.activation must be asymmetric without narrow range for "
+                         f"{config.activation_quantizer.value} activations (their signed or unsigned grid becomes "
+                         f"its integer zero point), got {recipe.activation!r}")
+
+
+def prepare(model: nn.Module, recipe: str | Recipe = "w4a4", quantizer: str | QuantizerKind | QATConfig = "lsq", *,
+            calibration: Iterable[Any] | None = None, inplace: bool = False, progress: bool = False,
+            ) -> fx.GraphModule:
+    """A trainable copy of ``model`` with fake quantizers for ``recipe``, initialised from ``calibration``.
+
+    Args:
+        model: a trained float model (traceable by ``torch.fx``).
+        recipe: a preset (``"w4a4"``, ``"w2a2"``, …), a recipe file or a :class:`Recipe` (static or weight-only).
+        quantizer: ``"ste"``, ``"lsq"``, ``"pact"``, ``"dorefa"`` or a :class:`QATConfig`.
+        calibration: batches that initialise the activation quantizers (LSQ steps, PACT clips, STE ranges).
+        inplace: reuse ``model``'s memory (it is then changed).
+        progress: a progress bar while initialising.
+
+    Returns:
+        A ``torch.fx.GraphModule`` in training mode, carrying ``lowbit_recipe`` and ``lowbit_qat``.
+
+    Raises:
+        ValueError: a recipe QAT cannot train, an untraceable model, or a static recipe without calibration.
+    """
+    recipe = load_recipe(recipe)
+    config = quantizer if isinstance(quantizer, QATConfig) else QATConfig.for_quantizer(quantizer)
+    _check_recipe(recipe, config)
+    if recipe.mode is Mode.STATIC and calibration is None:
+        raise ValueError(f"recipe {recipe.name!r} is static: pass calibration=batches to initialise the activation "
+                         "quantizers")
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"qat.prepare needs an nn.Module, got {type(model).__name__}")
+    work = model if inplace else copy.deepcopy(model)
+    try:
+        gm = fx.symbolic_trace(work)
+    except Exception as err:  # torch.fx raises many kinds of errors on untraceable code
+        raise ValueError(f"QAT needs a model torch.fx can trace ({type(err).__name__}: {str(err)[:120]})") from None
+    summary = QuantizationSummary(recipe.name, "qat", True)
+    plans, pairs = _plans(gm, recipe), _bn_after(gm)
+    quantized = {}
+    for name, plan in plans.items():
+        layer = gm.get_submodule(name)
+        if plan.skip or plan.weight is None:
+            summary.float_layers.append(f"{name} ({type(layer).__name__}, skipped by recipe)")
+            continue
+        spec = _fit_groups(plan.weight, layer.weight.shape, name, summary)
+        bn_node = pairs.get(name)
+        bn = gm.get_submodule(bn_node.target) if bn_node is not None else None
+        start = layer.weight
+        if bn is not None and config.weight_quantizer is not QuantizerKind.DOREFA:  # LSQ starts on the folded weight
+            factor = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+            start = layer.weight.detach() * factor.reshape([-1] + [1] * (layer.weight.ndim - 1))
+        weight_quantizer = _weight_quantizer(config.weight_quantizer, spec, start)
+        replace_module(gm, name, QATLayer(layer, weight_quantizer, bn, config.gradient_bits))
+        if bn_node is not None:
+            bn_node.replace_all_uses_with(bn_node.args[0])
+            gm.graph.erase_node(bn_node)
+        summary.quantized[name] = spec.bits
+        quantized[name] = plan
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    if recipe.mode is Mode.STATIC:
+        _insert_quantizers(gm, recipe, summary, quantized, make=_activation_factory(config))
+        initialize(gm, calibration or [], progress)
+    gm.lowbit_recipe = recipe  # type: ignore[assignment]
+    gm.lowbit_qat = config  # type: ignore[assignment]
+    gm.quantization_summary = summary  # type: ignore[assignment]
+    return gm.train()
+
+
+def _activation_quantizers(model: nn.Module) -> list[ActivationFakeQuantizer]:
+    """The edge quantizers (not the fallbacks inside DoReFa's)."""
+    found = [m for m in model.modules() if isinstance(m, ActivationFakeQuantizer)]
+    inner = {id(m.fallback) for m in found if isinstance(m, DoReFaActivationQuantizer)}
+    return [m for m in found if id(m) not in inner]
+
+
+@torch.no_grad()
+def initialize(model: nn.Module, batches: Iterable[Any], progress: bool = False) -> int:
+    """Run ``batches`` through ``model`` (eval mode, float values) so every activation quantizer sets its starting
+    step, clip or range from the data; returns the number of batches.
+
+    Raises:
+        ValueError: no batches, or a batch the model cannot take.
+    """
+    quantizers = _activation_quantizers(model)
+    was_training = model.training
+    model.eval()
+    for q in quantizers:
+        q.initializing = True
+    seen = 0
+    try:
+        for seen, batch in enumerate(progress_bar(batches, progress, "initialising QAT"), start=1):
+            try:
+                call(model, batch)
+            except (ValueError, RuntimeError) as err:
+                raise ValueError(f"QAT initialisation batch {seen}: {err}") from err
+    finally:
+        for q in quantizers:
+            q.initializing = False
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("QAT initialisation got no batches: pass calibration=batches")
+    for q in quantizers:
+        try:
+            q.finish()
+        except RuntimeError:
+            warnings.warn(f"lowbit.qat: no tensor reached {q.label}; left unquantized", stacklevel=2)
+            q.enabled = False
+    return seen
+
+
+def freeze_bn(model: nn.Module) -> int:
+    """Stop BatchNorm statistics in every QAT layer (whitepaper: after some steps); returns how many froze."""
+    layers = [m for m in model.modules() if isinstance(m, QATLayer) and m.bn is not None]
+    for m in layers:
+        m.freeze_bn()
+    return len(layers)
+
+
+def set_bits(model: nn.Module, bits: int | None = None, *, weights: bool = True, activations: bool = True) -> None:
+    """Train at ``bits`` for now (progressive lowering): each quantizer runs at ``max(bits, its recipe bits)``;
+    ``None`` returns every quantizer to its recipe's bits. LSQ steps are rescaled to keep their clip range.
+
+    Raises:
+        ValueError: bits outside 2..16.
+    """
+    if bits is not None and (not isinstance(bits, int) or not 2 <= bits <= 16):
+        raise ValueError(f"set_bits: bits must be None or an int in 2..16, got {bits!r}")
+    targets: list[Any] = []
+    if weights:
+        targets += [m for m in model.modules() if isinstance(m, WeightFakeQuantizer)]
+    if activations:
+        targets += _activation_quantizers(model)
+    for q in targets:
+        wanted = q.target_bits if bits is None else max(bits, q.target_bits)
+        current = q.bits if isinstance(q, DoReFaWeightQuantizer) else q.spec.bits
+        if wanted != current:
+            q.set_bits(wanted)
+
+
+def enable(model: nn.Module, *, weights: bool = True, activations: bool = True) -> None:
+    """Switch weight and activation fake quantization on or off (two-stage training: weights first)."""
+    for m in model.modules():
+        if isinstance(m, WeightFakeQuantizer):
+            m.enabled = weights
+    for q in _activation_quantizers(model):
+        if bool(q.initialized):
+            q.enabled = activations
+
+
+def regularization(model: nn.Module) -> torch.Tensor:
+    """The sum of the quantizers' penalties (PACT's ``λ·α²``) to add to the training loss; 0 when none."""
+    terms = [p for q in _activation_quantizers(model) if (p := q.penalty()) is not None]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def convert(model: nn.Module) -> fx.GraphModule:
+    """The frozen quantized model: integer weights (BatchNorm folded) and fixed activation qparams.
+
+    Layers whose converted grid differs from the recipe's (DoReFa weights need ``k+1`` bits, see
+    :class:`~lowbit.nn.fake_quant.DoReFaWeightQuantizer`) get a per-layer override in the returned model's
+    ``lowbit_recipe``, so :func:`lowbit.save_quantized` / :func:`lowbit.load_quantized` rebuild them.
+
+    Raises:
+        ValueError: a model not from :func:`prepare`, quantizers switched off, or quantizers not at their recipe's
+            bits (finish a progressive schedule first).
+    """
+    recipe, config = getattr(model, "lowbit_recipe", None), getattr(model, "lowbit_qat", None)
+    if not isinstance(recipe, Recipe) or not isinstance(config, QATConfig):
+        raise ValueError("qat.convert needs a model returned by lowbit.qat.prepare")
+    off = [n for n, m in model.named_modules() if isinstance(m, (WeightFakeQuantizer, ActivationFakeQuantizer))
+           and not m.enabled and not (isinstance(m, ActivationFakeQuantizer) and not bool(m.initialized))]
+    if off:
+        raise ValueError(f"fake quantizers are switched off: {', '.join(off[:5])}; enable them (lowbit.qat.enable) "
+                         "and train before converting")
+    moved = [n for n, m in model.named_modules() if isinstance(m, WeightFakeQuantizer)
+             and (m.bits if isinstance(m, DoReFaWeightQuantizer) else m.spec.bits) != m.target_bits]
+    moved += [q.label for q in _activation_quantizers(model) if q.spec.bits != q.target_bits]
+    if moved:
+        raise ValueError(f"quantizers are not at their recipe's bits: {', '.join(moved[:5])}; call "
+                         "lowbit.qat.set_bits(model, None) (the end of a progressive schedule) first")
+    work = copy.deepcopy(model).eval()
+    summary = QuantizationSummary(recipe.name, "qat", True, notes=[f"QAT: weights {config.weight_quantizer.value}, "
+                                                                  f"activations {config.activation_quantizer.value}"])
+    overrides = []
+    for name, module in [(n, m) for n, m in work.named_modules() if isinstance(m, QATLayer)]:
+        frozen = module.to_quantized()
+        replace_module(work, name, frozen)
+        summary.quantized[name] = frozen.weight_spec.bits
+        if frozen.weight_spec != module.weight_quantizer.recipe_spec:  # DoReFa's grid: k+1 bits, BN per channel
+            overrides.append(Override(include=(name,), weight=frozen.weight_spec))
+    edges = _activation_quantizers(work)
+    names = {id(m): n for n, m in work.named_modules()}
+    for q in edges:
+        if not bool(q.initialized) or not q.enabled:
+            replace_module(work, names[id(q)], nn.Identity())
+            continue
+        frozen_edge = _activation_quantizer(recipe, q.spec, q.label)
+        qp = q.export()
+        frozen_edge.scale, frozen_edge.zero_point = qp.scale.clone(), qp.zero_point.clone()
+        replace_module(work, names[id(q)], frozen_edge)
+    summary.activation_quantizers = len(edges)
+    bind_accumulator_bias(work)
+    for attribute in ("lowbit_qat",):
+        work.__dict__.pop(attribute, None)
+    work.lowbit_recipe = dataclasses.replace(recipe, overrides=recipe.overrides + tuple(overrides))  # type: ignore[assignment]
+    work.quantization_summary = summary  # type: ignore[assignment]
+    return work
+

@@ -1,0 +1,168 @@
+"""``QATLayer``: a Linear/Conv1d/Conv2d whose float weight is fake-quantized in every forward, with the
+BatchNorm after it folded in during training as the whitepaper does (docs/math.md Q5).
+
+With a BatchNorm (γ, β, running μ, σ) and its folding factor ``f = γ/σ`` per output channel:
+
+- training, statistics not frozen: ``y = BN_batch(op(x, Q(W·f)) / f + b)`` — the weight is quantized *folded with
+  the running statistics*, so the quantized weights do not jump with every batch; dividing by ``f`` and applying
+  BatchNorm with the batch statistics gives ``(σ/σ_B)·op(x, Q(W·f)) + …``, the whitepaper's correction. BN updates
+  its running statistics.
+- statistics frozen (:meth:`freeze_bn`) or eval mode: ``y = op(x, Q(W·f)) + (β + (b − μ)·f)`` — exactly the
+  folded inference layer that :meth:`export` hands to conversion.
+
+A scale-invariant weight quantizer (DoReFa) quantizes ``W`` itself and BatchNorm follows it; conversion folds
+``f`` into the per-channel scale.
+
+Example:
+    >>> import torch
+    >>> from lowbit import QuantSpec, PerChannel
+    >>> from lowbit.nn.fake_quant import STEWeightQuantizer
+    >>> conv, bn = torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)
+    >>> layer = QATLayer(conv, STEWeightQuantizer(QuantSpec(bits=4, granularity=PerChannel(0))), bn).eval()
+    >>> codes, qp, bias = layer.export()
+    >>> codes.dtype, tuple(qp.scale.shape), bias.shape
+    (torch.int8, (4,), torch.Size([4]))
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lowbit.functional.dorefa import quantize_gradient_ste
+from lowbit.nn.fake_quant import WeightFakeQuantizer
+from lowbit.nn.layers import QuantConv, QuantLinear
+from lowbit.spec import PerChannel, QParams
+
+__all__ = ["QATLayer"]
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+class QATLayer(nn.Module):
+    """A layer trained with its weight fake-quantized (and a following BatchNorm folded, see the module docstring).
+
+    Args:
+        layer: the float ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` (copied; not modified).
+        weight_quantizer: a :class:`~lowbit.nn.fake_quant.WeightFakeQuantizer`.
+        bn: the BatchNorm that read this layer's output (copied), or None.
+        gradient_bits: DoReFa gradient quantization of the gradient flowing back into this layer's output.
+
+    Raises:
+        ValueError: another layer type, a padding mode other than zeros, or a BatchNorm that does not fit.
+    """
+
+    def __init__(self, layer: nn.Module, weight_quantizer: WeightFakeQuantizer, bn: nn.Module | None = None,
+                 gradient_bits: int | None = None):
+        super().__init__()
+        if not isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            raise ValueError(f"QATLayer wraps Linear, Conv1d or Conv2d, got {type(layer).__name__}")
+        if isinstance(layer, (nn.Conv1d, nn.Conv2d)) and layer.padding_mode != "zeros":
+            raise ValueError(f"QATLayer supports padding_mode='zeros', got {layer.padding_mode!r}")
+        if bn is not None and (not isinstance(bn, _BN) or bn.num_features != layer.weight.shape[0]
+                               or bn.running_var is None):
+            raise ValueError(f"QATLayer folds a BatchNorm with running statistics over its "
+                             f"{layer.weight.shape[0]} outputs, got {bn!r}")
+        self.kind = "linear" if isinstance(layer, nn.Linear) else ("conv1d" if isinstance(layer, nn.Conv1d) else "conv2d")
+        self.weight = nn.Parameter(layer.weight.detach().clone())
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
+        if self.kind != "linear":
+            self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
+            self.kernel_size = layer.kernel_size
+        self.weight_quantizer = weight_quantizer
+        self.bn = None if bn is None else copy.deepcopy(bn)
+        self.gradient_bits = gradient_bits
+        self.register_buffer("bn_frozen", torch.tensor(False))
+
+    def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        if self.kind == "linear":
+            return F.linear(x, w, b)
+        conv = F.conv1d if self.kind == "conv1d" else F.conv2d
+        return conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+    def _channel_view(self, t: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
+        return t.reshape([-1 if d == dim else 1 for d in range(ndim)])
+
+    def _factor(self) -> torch.Tensor:
+        """BN's ``γ/σ`` with the running statistics (eq. Q5)."""
+        assert self.bn is not None
+        std = torch.sqrt(self.bn.running_var + self.bn.eps)
+        gamma = self.bn.weight if self.bn.weight is not None else torch.ones_like(std)
+        return gamma / std
+
+    def _folded_bias(self, factor: torch.Tensor) -> torch.Tensor:
+        assert self.bn is not None
+        bias = self.bias if self.bias is not None else torch.zeros_like(factor)
+        beta = self.bn.bias if self.bn.bias is not None else torch.zeros_like(factor)
+        return beta + (bias - self.bn.running_mean) * factor
+
+    def freeze_bn(self) -> None:
+        """Use the running statistics from now on (and stop updating them)."""
+        self.bn_frozen.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        quantize = self.weight_quantizer
+        if self.bn is None:
+            y = self._op(x, quantize(self.weight), self.bias)
+        else:
+            batch_stats = self.training and not bool(self.bn_frozen)
+            factor = self._factor()
+            weight_view = self._channel_view(factor, self.weight.ndim, 0)
+            if quantize.scale_invariant:
+                w_q = quantize(self.weight)
+                y = self.bn(self._op(x, w_q, self.bias)) if batch_stats else \
+                    self._op(x, w_q * weight_view, self._folded_bias(factor))
+            else:
+                w_q = quantize(self.weight * weight_view)
+                if batch_stats:
+                    y = self._op(x, w_q, None) / self._channel_view(factor, x.ndim, 1)
+                    if self.bias is not None:
+                        y = y + self._channel_view(self.bias, y.ndim, 1)
+                    y = self.bn(y)  # batch statistics; updates the running ones
+                else:
+                    y = self._op(x, w_q, self._folded_bias(factor))
+        return y if self.gradient_bits is None else quantize_gradient_ste(y, self.gradient_bits)
+
+    @torch.no_grad()
+    def export(self) -> tuple[torch.Tensor, QParams, torch.Tensor | None]:
+        """``(codes, qparams, bias)`` of the inference layer (BatchNorm folded), as eval mode computes it."""
+        quantize = self.weight_quantizer
+        if self.bn is None:
+            codes, qp = quantize.export(self.weight)
+            return codes, qp, None if self.bias is None else self.bias.detach().clone()
+        factor = self._factor().detach()
+        bias = self._folded_bias(factor).detach().to(torch.float32)
+        if not quantize.scale_invariant:
+            codes, qp = quantize.export(self.weight * self._channel_view(factor, self.weight.ndim, 0))
+            return codes, qp, bias
+        codes, qp = quantize.export(self.weight)
+        # W_q·f per channel: the channel's scale is step·|f|; a negative f flips the (symmetric) codes
+        sign = torch.where(factor < 0, -1, 1).to(torch.int32)
+        codes = (codes.to(torch.int32) * self._channel_view(sign, codes.ndim, 0)).to(codes.dtype)
+        scale = (qp.scale.to(torch.float32) * factor.abs().to(torch.float32)).reshape(-1)
+        spec = dataclasses.replace(qp.spec, granularity=PerChannel(0))
+        return codes, QParams(scale, torch.zeros_like(scale, dtype=torch.int32), spec), bias
+
+    def to_quantized(self) -> QuantLinear | QuantConv:
+        """The frozen layer with integer weights that computes what eval mode computes."""
+        codes, qp, bias = self.export()
+        out_features = self.weight.shape[0]
+        if self.kind == "linear":
+            layer: QuantLinear | QuantConv = QuantLinear(self.weight.shape[1], out_features, bias)
+        else:
+            cls = nn.Conv1d if self.kind == "conv1d" else nn.Conv2d
+            template = cls(self.weight.shape[1] * self.groups, out_features, self.kernel_size, self.stride,
+                           self.padding, self.dilation, self.groups, bias=False, device="meta")
+            layer = QuantConv(template)
+            layer.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        layer.set_codes(codes, qp)
+        return layer
+
+    def extra_repr(self) -> str:
+        grad = f", gradient_bits={self.gradient_bits}" if self.gradient_bits else ""
+        return f"{self.kind}, weight={tuple(self.weight.shape)}, bn={'folded' if self.bn is not None else 'none'}{grad}"
+
