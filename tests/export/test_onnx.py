@@ -89,7 +89,11 @@ def test_weight_only_model_exports_dequantized_weights(fashion, tmp_path):
     assert onnx.TensorProto.INT8 in initializers
 
 
-@pytest.mark.parametrize("recipe, message", [("w4-g128", "8-bit weights per tensor or per output channel"),
+GROUPS_OF_5 = lowbit.Recipe("g5", lowbit.Mode.WEIGHT_ONLY, lowbit.QuantSpec(bits=4, granularity=lowbit.PerGroup(0, 5)),
+                            None)
+
+
+@pytest.mark.parametrize("recipe, message", [(GROUPS_OF_5, "weights of up to 8 bits per tensor or per output channel"),
                                              ("w8-dynamic", "dynamic quantization")])
 def test_formats_qdq_cannot_carry_here_are_named(recipe, message, fashion, tmp_path):
     images, _, calibration = fashion

@@ -2,7 +2,9 @@
 
 Weights are stored as integer initializers (int8 codes, per-channel or per-tensor) followed by
 ``DequantizeLinear``; each activation quantizer becomes ``QuantizeLinear → DequantizeLinear`` with its frozen
-scale and zero point; a layer's bias becomes int32 codes on the grid ``s_x · s_w`` (what an integer kernel adds to
+scale and zero point (a grid narrower than 8 bits — e.g. from 4-bit QAT — rides in the 8-bit pair behind a
+``Clip`` to its range: correct values, but ONNX Runtime then runs those layers as float ops, not fused integer
+kernels); a layer's bias becomes int32 codes on the grid ``s_x · s_w`` (what an integer kernel adds to
 its accumulator) when the layer's input comes from a quantizer. Everything else is exported by PyTorch's
 TorchScript-based exporter as float ops — the float islands between quantizers.
 
@@ -64,13 +66,18 @@ class _ExportQDQ(nn.Module):
     def __init__(self, quantizer: ActivationQuantizer) -> None:
         super().__init__()
         spec = quantizer.spec
-        if spec.bits != 8 or quantizer.scale.numel() != 1:
-            raise ValueError(f"export_onnx supports 8-bit per-tensor activation quantizers; {quantizer.label} is "
-                             f"{spec.bits}-bit with {quantizer.scale.numel()} scales")
+        if spec.bits > 8 or quantizer.scale.numel() != 1:
+            raise ValueError(f"export_onnx supports per-tensor activation quantizers of up to 8 bits; "
+                             f"{quantizer.label} is {spec.bits}-bit with {quantizer.scale.numel()} scales")
         self.scale, self.zero_point = float(quantizer.scale), int(quantizer.zero_point)
         self.signed = spec.signed
+        # a grid narrower than 8 bits travels in an 8-bit QDQ pair; a Clip to its range saturates as it does
+        self.clip = None if spec.bits == 8 else tuple(
+            float(torch.tensor(code - self.zero_point, dtype=torch.float32) * quantizer.scale) for code in (spec.qmin, spec.qmax))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.clip is not None:
+            x = x.clamp(*self.clip)
         # PyTorch's exporter writes this op as QuantizeLinear → DequantizeLinear with a (u)int8 zero point
         qmin, qmax = (-128, 127) if self.signed else (0, 255)
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, qmin, qmax)
@@ -82,10 +89,10 @@ class _ExportLayer(nn.Module):
     def __init__(self, layer: QuantConv | QuantLinear, name: str, input_scale: float | None) -> None:
         super().__init__()
         spec = layer.weight_spec
-        if spec.bits != 8 or not isinstance(spec.granularity, (PerTensor, PerChannel)) or (
+        if spec.bits > 8 or not isinstance(spec.granularity, (PerTensor, PerChannel)) or (
                 isinstance(spec.granularity, PerChannel) and spec.granularity.axis != 0):
-            raise ValueError(f"export_onnx supports 8-bit weights per tensor or per output channel; layer {name} "
-                             f"has {spec.bits}-bit weights, {spec.granularity}")
+            raise ValueError(f"export_onnx supports weights of up to 8 bits per tensor or per output channel; layer "
+                             f"{name} has {spec.bits}-bit weights, {spec.granularity}")
         self.layer = layer
         dtype = torch.int8 if spec.signed else torch.uint8
         self.register_buffer("codes", layer.weight_q.to(dtype))

@@ -42,6 +42,7 @@ from lowbit.flows.ptq import (
     bind_accumulator_bias,
     progress_bar,
 )
+from lowbit.flows.placement import keeps_grid
 from lowbit.nn.fake_quant import (
     ActivationFakeQuantizer,
     DoReFaActivationQuantizer,
@@ -220,10 +221,15 @@ def prepare(model: nn.Module, recipe: str | Recipe = "w4a4", quantizer: str | Qu
         bn_node = pairs.get(name)
         bn = gm.get_submodule(bn_node.target) if bn_node is not None else None
         start = layer.weight
-        if bn is not None and config.weight_quantizer is not QuantizerKind.DOREFA:  # LSQ starts on the folded weight
+        if bn is not None:  # LSQ starts from the folded weight it will quantize (DoReFa ignores the start)
             factor = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
             start = layer.weight.detach() * factor.reshape([-1] + [1] * (layer.weight.ndim - 1))
-        weight_quantizer = _weight_quantizer(config.weight_quantizer, spec, start)
+        kind = config.weight_quantizer
+        if kind is QuantizerKind.DOREFA and spec.bits >= 8:
+            # DoReFa keeps first and last layers out of its low-bit rule; at 8 bits the min/max grid serves them
+            # (a DoReFa 8-bit weight would need a 9-bit grid)
+            kind = QuantizerKind.STE
+        weight_quantizer = _weight_quantizer(kind, spec, start)
         replace_module(gm, name, QATLayer(layer, weight_quantizer, bn, config.gradient_bits))
         if bn_node is not None:
             bn_node.replace_all_uses_with(bn_node.args[0])
@@ -235,11 +241,27 @@ def prepare(model: nn.Module, recipe: str | Recipe = "w4a4", quantizer: str | Qu
     gm.recompile()
     if recipe.mode is Mode.STATIC:
         _insert_quantizers(gm, recipe, summary, quantized, make=_activation_factory(config))
+        _bind_input_quantizers(gm)
         initialize(gm, calibration or [], progress)
     gm.lowbit_recipe = recipe  # type: ignore[assignment]
     gm.lowbit_qat = config  # type: ignore[assignment]
     gm.quantization_summary = summary  # type: ignore[assignment]
     return gm.train()
+
+
+def _bind_input_quantizers(gm: fx.GraphModule) -> None:
+    """Tell each QAT layer which quantizer feeds it (through grid-keeping ops), as
+    :func:`~lowbit.flows.placement.input_scales` finds it after conversion: both then add the same bias."""
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        layer = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(layer, QATLayer):
+            continue
+        source = node.args[0]
+        while isinstance(source, fx.Node) and keeps_grid(source, modules):
+            source = source.args[0]
+        quantizer = modules.get(source.target) if isinstance(source, fx.Node) and source.op == "call_module" else None
+        layer.bind_input_quantizer(quantizer if isinstance(quantizer, ActivationFakeQuantizer) else None)
 
 
 def _activation_quantizers(model: nn.Module) -> list[ActivationFakeQuantizer]:

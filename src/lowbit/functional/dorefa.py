@@ -1,7 +1,7 @@
 """DoReFa-Net (Zhou et al. 2016): k-bit weights, activations and gradients (docs/math.md Q4).
 
 - ``quantize_k(r) = round(r · (2^k − 1)) / (2^k − 1)`` on ``[0, 1]``, straight-through. Computed as
-  ``round(r / s) · s`` with ``s = 1/(2^k − 1)`` in float32 — the arithmetic of
+  ``round(r / s) · s`` with ``s = 1/(2^k − 1)`` in the input's dtype — for float32, the arithmetic of
   :func:`lowbit.functional.affine.fake_quantize`, so converted models compute the same values.
 - Weights, ``k > 1``: ``2 · quantize_k(tanh(w) / (2 max|tanh w|) + 1/2) − 1`` — odd multiples of
   ``1/(2^k − 1)`` in ``[−1, 1]``. ``k = 1``: ``sign(w) · E|w|`` (sign(0) = +1), gradient straight through.
@@ -33,6 +33,11 @@ def _levels(bits: int) -> int:
     return (1 << bits) - 1
 
 
+def _step(bits: int, dtype: torch.dtype) -> torch.Tensor:
+    """``1/(2^k − 1)`` in ``dtype``: float32 inputs use the float32 step a converted model's scale holds."""
+    return torch.tensor(1.0 / _levels(bits), dtype=dtype)
+
+
 def quantize_k(r: torch.Tensor, bits: int) -> torch.Tensor:
     """``round(r/s)·s`` with ``s = 1/(2^k − 1)`` for ``r`` in ``[0, 1]``; identity gradient.
 
@@ -40,7 +45,7 @@ def quantize_k(r: torch.Tensor, bits: int) -> torch.Tensor:
         >>> quantize_k(torch.tensor([0.2, 0.5, 0.9]), 2)
         tensor([0.3333, 0.6667, 1.0000])
     """
-    step = torch.tensor(1.0 / _levels(bits), dtype=torch.float32).to(r.dtype)
+    step = _step(bits, r.dtype)
     return masked_ste(r, torch.round(r.detach() / step) * step)
 
 
@@ -60,9 +65,8 @@ def dorefa_weight_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch
         return torch.where(w >= 0, 1, -1).to(torch.int32), w.abs().mean().to(torch.float32)
     t = torch.tanh(w)
     r = t / (2 * t.abs().max().clamp(min=torch.finfo(t.dtype).tiny)) + 0.5
-    step = torch.tensor(1.0 / levels, dtype=torch.float32)
-    q = torch.round(r / step.to(r.dtype))
-    return (2 * q - levels).to(torch.int32), step
+    q = torch.round(r / _step(bits, r.dtype))
+    return (2 * q - levels).to(torch.int32), _step(bits, torch.float32)
 
 
 def dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -81,7 +85,7 @@ def dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
 def dorefa_activation(x: torch.Tensor, bits: int) -> torch.Tensor:
     """``quantize_k(clamp(x, 0, 1))``, gradient 1 inside ``[0, 1]`` and 0 outside."""
     xd = x.detach()
-    step = torch.tensor(1.0 / _levels(bits), dtype=torch.float32).to(x.dtype)
+    step = _step(bits, x.dtype)
     value = torch.round(xd.clamp(0, 1) / step) * step
     return masked_ste(x, value, (xd >= 0) & (xd <= 1))
 

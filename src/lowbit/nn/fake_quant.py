@@ -76,6 +76,10 @@ class WeightFakeQuantizer(nn.Module):
         """Integer codes of ``w`` and their qparams: ``dequantize`` gives what ``forward`` gives."""
         raise NotImplementedError
 
+    def scale(self, w: torch.Tensor) -> torch.Tensor:
+        """The step of ``w``'s grid now (``[C]`` per channel or a scalar), as :meth:`export` would give it."""
+        raise NotImplementedError
+
     def extra_repr(self) -> str:
         return f"bits={self.spec.bits}" + ("" if self.enabled else ", disabled")
 
@@ -92,6 +96,9 @@ class STEWeightQuantizer(WeightFakeQuantizer):
     def export(self, w: torch.Tensor) -> tuple[torch.Tensor, QParams]:
         qp = self._qparams(w)
         return quantize(w.detach(), qp), qp
+
+    def scale(self, w: torch.Tensor) -> torch.Tensor:
+        return self._qparams(w).scale
 
 
 class LSQWeightQuantizer(WeightFakeQuantizer):
@@ -126,6 +133,9 @@ class LSQWeightQuantizer(WeightFakeQuantizer):
         return codes.to(self.spec.code_dtype), QParams(step.clone(), torch.zeros_like(step, dtype=torch.int32),
                                                        self.spec)
 
+    def scale(self, w: torch.Tensor) -> torch.Tensor:
+        return self.step.detach().to(torch.float32)
+
     @torch.no_grad()
     def set_bits(self, bits: int) -> None:
         old = self.spec.qmax
@@ -158,6 +168,9 @@ class DoReFaWeightQuantizer(WeightFakeQuantizer):
     def export(self, w: torch.Tensor) -> tuple[torch.Tensor, QParams]:
         codes, step = dorefa_weight_codes(w, self.bits)
         return codes.to(self.spec.code_dtype), QParams(step, torch.zeros((), dtype=torch.int32), self.spec)
+
+    def scale(self, w: torch.Tensor) -> torch.Tensor:
+        return dorefa_weight_codes(w, self.bits)[1]
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}" + ("" if self.enabled else ", disabled")
@@ -211,6 +224,12 @@ class ActivationFakeQuantizer(nn.Module):
     def export(self) -> QParams:
         """This quantizer's grid as qparams of ``self.spec``."""
         raise NotImplementedError
+
+    def current_step(self) -> float | None:
+        """The grid step in use now (what :meth:`export` would give), or None while off or uninitialised."""
+        if self.initializing or not self.enabled or not bool(self.initialized):
+            return None
+        return float(self.export().scale)
 
     def penalty(self) -> torch.Tensor | None:
         """A regularisation term to add to the loss (PACT's L2 on α), or None."""

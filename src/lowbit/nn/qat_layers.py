@@ -33,7 +33,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lowbit.functional.affine import accumulator_bias
 from lowbit.functional.dorefa import quantize_gradient_ste
+from lowbit.functional.ste import masked_ste
 from lowbit.nn.fake_quant import WeightFakeQuantizer
 from lowbit.nn.layers import QuantConv, QuantLinear
 from lowbit.spec import PerChannel, QParams
@@ -77,6 +79,25 @@ class QATLayer(nn.Module):
         self.bn = None if bn is None else copy.deepcopy(bn)
         self.gradient_bits = gradient_bits
         self.register_buffer("bn_frozen", torch.tensor(False))
+        self.bind_input_quantizer(None)
+
+    def bind_input_quantizer(self, quantizer: nn.Module | None) -> None:
+        """The activation quantizer that feeds this layer (set by :func:`lowbit.qat.prepare`): with it, the bias
+        is added on the accumulator grid ``s_x · s_w`` as integer execution adds it (straight-through gradient),
+        so training and the converted model compute the same values. Held outside the module tree (it is not
+        this layer's state)."""
+        self.__dict__["_input_quantizer"] = quantizer
+
+    def _on_grid(self, bias: torch.Tensor | None, weight_scale: torch.Tensor) -> torch.Tensor | None:
+        quantizer = self.__dict__.get("_input_quantizer")
+        input_step = quantizer.current_step() if quantizer is not None else None
+        if bias is None or input_step is None:
+            return bias
+        try:
+            codes, step = accumulator_bias(bias.detach().to(torch.float32), input_step, weight_scale)
+        except ValueError:  # too large for int32 on that grid: the converted layer keeps the float bias too
+            return bias
+        return masked_ste(bias, (codes.to(torch.float32) * step).to(bias.dtype))
 
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         if self.kind == "linear":
@@ -106,25 +127,34 @@ class QATLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         quantize = self.weight_quantizer
+        on = quantize.enabled
         if self.bn is None:
-            y = self._op(x, quantize(self.weight), self.bias)
+            bias = self._on_grid(self.bias, quantize.scale(self.weight)) if on else self.bias
+            y = self._op(x, quantize(self.weight), bias)
         else:
             batch_stats = self.training and not bool(self.bn_frozen)
             factor = self._factor()
             weight_view = self._channel_view(factor, self.weight.ndim, 0)
             if quantize.scale_invariant:
                 w_q = quantize(self.weight)
-                y = self.bn(self._op(x, w_q, self.bias)) if batch_stats else \
-                    self._op(x, w_q * weight_view, self._folded_bias(factor))
+                if batch_stats:
+                    y = self.bn(self._op(x, w_q, self.bias))
+                else:
+                    bias = self._folded_bias(factor)
+                    if on:
+                        bias = self._on_grid(bias, self._invariant_scale(quantize.scale(self.weight), factor))
+                    y = self._op(x, w_q * weight_view, bias)
             else:
-                w_q = quantize(self.weight * weight_view)
+                w_fold = self.weight * weight_view
+                w_q = quantize(w_fold)
                 if batch_stats:
                     y = self._op(x, w_q, None) / self._channel_view(factor, x.ndim, 1)
                     if self.bias is not None:
                         y = y + self._channel_view(self.bias, y.ndim, 1)
                     y = self.bn(y)  # batch statistics; updates the running ones
                 else:
-                    y = self._op(x, w_q, self._folded_bias(factor))
+                    bias = self._folded_bias(factor)
+                    y = self._op(x, w_q, self._on_grid(bias, quantize.scale(w_fold.detach())) if on else bias)
         return y if self.gradient_bits is None else quantize_gradient_ste(y, self.gradient_bits)
 
     @torch.no_grad()
@@ -143,9 +173,14 @@ class QATLayer(nn.Module):
         # W_q·f per channel: the channel's scale is step·|f|; a negative f flips the (symmetric) codes
         sign = torch.where(factor < 0, -1, 1).to(torch.int32)
         codes = (codes.to(torch.int32) * self._channel_view(sign, codes.ndim, 0)).to(codes.dtype)
-        scale = (qp.scale.to(torch.float32) * factor.abs().to(torch.float32)).reshape(-1)
+        scale = self._invariant_scale(qp.scale, factor)
         spec = dataclasses.replace(qp.spec, granularity=PerChannel(0))
         return codes, QParams(scale, torch.zeros_like(scale, dtype=torch.int32), spec), bias
+
+    @staticmethod
+    def _invariant_scale(step: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        """Per-channel scale of a scale-invariant weight with BN's factor folded in after quantization."""
+        return (step.detach().to(torch.float32) * factor.detach().abs().to(torch.float32)).reshape(-1)
 
     def to_quantized(self) -> QuantLinear | QuantConv:
         """The frozen layer with integer weights that computes what eval mode computes."""
