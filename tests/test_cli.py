@@ -65,6 +65,23 @@ def test_quantize_json_then_eval_the_saved_model(tmp_path):
     assert json.loads(again.stdout)["accuracy"] == data["quantized"]["accuracy"]
 
 
+def test_qat_json_has_quantizes_shape_and_the_saved_model_reloads(tmp_path):
+    out = tmp_path / "qat"
+    result = runner.invoke(app, ["qat", "--model", "zoo:lenet5", "--recipe", "w4a4", "--quantizer", "lsq", "--epochs",
+                                 "2", "--train-samples", "1024", "--progressive", "8", "--calib", "128", "--out",
+                                 str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(data) == {"model", "recipe", "observer", "calibration", "transforms", "fp32", "quantized", "qat"}
+    assert data["qat"]["epochs"] == 2 and len(data["qat"]["history"]) == 2 and data["qat"]["train_samples"] == 1024
+    assert data["quantized"]["bytes"] == sum(f.stat().st_size for f in out.iterdir())
+    assert data["fp32"]["bytes"] > 4 * data["quantized"]["bytes"]  # 4-bit codes inside, 8-bit first and last
+    assert data["fp32"]["accuracy"] - data["quantized"]["accuracy"] < 3.0
+    again = runner.invoke(app, ["eval", "--model", str(out), "--json"])
+    assert again.exit_code == 0
+    assert json.loads(again.stdout)["accuracy"] == data["quantized"]["accuracy"]
+
+
 def test_quantize_with_dfq_transforms_and_zero_shot_data(tmp_path):
     out = tmp_path / "dfq"
     result = runner.invoke(app, ["quantize", "--model", "zoo:resnet20", "--recipe", "w8a8-pertensor", "--equalize",
@@ -106,6 +123,10 @@ def test_quantize_with_learned_rounding_lists_it_and_reloads(tmp_path):
         (["quantize", "--model", "zoo:lenet5", "--split-outliers", "1.5"], "--split-outliers"),
         (["quantize", "--model", "zoo:lenet5", "--rounding", "gptq", "--correct-bias", "analytic"], "do not combine"),
         (["quantize", "--model", "zoo:lenet5", "--smoothquant", "0.5"], "no nn.Linear reads a LayerNorm output"),
+        (["qat", "--model", "zoo:lenet5", "--quantizer", "xnor"], "quantizer 'xnor' is not one of"),
+        (["qat", "--model", "zoo:lenet5", "--progressive", "8,x"], "--progressive must be"),
+        (["qat", "--model", "zoo:lenet5", "--recipe", "w8-dynamic"], "static or weight-only"),
+        (["qat", "--model", "zoo:minilm"], "zoo:minilm is a text model"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(args, message):

@@ -115,6 +115,54 @@ def quantize(
     _print_results([result])
 
 
+@app.command()
+def qat(
+    model: str = typer.Option(..., help="zoo:NAME or path/to/file.py:factory (an image classifier)"),
+    recipe: str = typer.Option("w4a4", help="a preset name (w4a4, w2a2, …) or a .yaml/.json recipe file"),
+    quantizer: str = typer.Option("lsq", help="ste, lsq, pact or dorefa"),
+    epochs: int = typer.Option(1, min=1, help="training epochs"),
+    out: Path = typer.Option(Path("lowbit-out"), help="folder for the converted model"),
+    calib: int = typer.Option(512, min=1, help="images that initialise the quantizers"),
+    train_samples: int = typer.Option(None, "--train-samples", min=1, help="training images (default: all 60000)"),
+    lr: float = typer.Option(0.01, min=0.0, help="peak learning rate (SGD momentum 0.9, cosine)"),
+    batch_size: int = typer.Option(128, "--batch-size", min=1, help="global batch size"),
+    seed: int = typer.Option(0, help="seed for data order and initialisation"),
+    weights: Path = typer.Option(None, help="weights for a file model (.safetensors, or .pt loaded weights_only)"),
+    freeze_bn_after: int = typer.Option(None, "--freeze-bn-after", min=0, help="freeze BatchNorm after N steps"),
+    gradient_bits: int = typer.Option(None, "--gradient-bits", min=1, max=16, help="DoReFa gradient bits"),
+    progressive: str = typer.Option(None, help="train at these widths first, an epoch each, e.g. 8,4"),
+    two_stage: int = typer.Option(None, "--two-stage", min=0, help="quantize activations from this epoch on"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+) -> None:
+    """Quantization-aware training: fine-tune a model with fake quantizers, convert, save, compare with fp32.
+
+    Example: lowbit qat --model zoo:lenet5 --recipe w4a4 --quantizer lsq --epochs 1 --out lenet5-w4a4 --json
+
+    Example: lowbit qat --model zoo:resnet20 --recipe w2a2 --quantizer pact --epochs 3 --progressive 8,4
+    --freeze-bn-after 2000
+    """
+    from lowbit.jobs import run_qat
+
+    try:
+        widths = tuple(int(b) for b in progressive.split(",")) if progressive else ()
+    except ValueError:
+        _fail(f"--progressive must be comma-separated bit widths like 8,4, got {progressive!r}")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = run_qat(model, recipe, quantizer, epochs, out, calib=calib, train_samples=train_samples, lr=lr,
+                             batch_size=batch_size, seed=seed, weights=weights, freeze_bn_after=freeze_bn_after,
+                             gradient_bits=gradient_bits, progressive=widths, two_stage=two_stage, progress=True)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    for w in caught:
+        err.print(f"warning: {w.message}", highlight=False, markup=False)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    _print_results([result])
+
+
 @app.command("eval")
 def evaluate(
     model: str = typer.Option(..., help="a folder written by `lowbit quantize`, or zoo:NAME for the fp32 model"),

@@ -28,7 +28,7 @@ from lowbit.flows.ptq import quantize
 from lowbit.recipes import Mode, ObserverKind, Recipe, load_recipe
 from lowbit.serialize import build_from_source, folder_bytes, save_quantized
 
-__all__ = ["load_model", "run_ptq", "run_bench", "calibration_batches", "backend_of", "measure", "evaluation_for",
+__all__ = ["load_model", "run_ptq", "run_qat", "run_bench", "calibration_batches", "backend_of", "measure", "evaluation_for",
            "ImageEvaluation", "TextEvaluation"]
 
 # Latency is measured on one batch of this size: per-sample cost at a realistic serving batch.
@@ -218,6 +218,61 @@ def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path 
     return {"model": model, "recipe": spec.name, "observer": observer_used, "calibration": source,
             "transforms": list(qmodel.quantization_summary.transforms), "fp32": fp32,
             "quantized": quantized}
+
+
+def run_qat(model: str, recipe: str | Recipe = "w4a4", quantizer: str = "lsq", epochs: int = 1,
+            out: str | Path = "lowbit-out", calib: int = 512, train_samples: int | None = None, lr: float = 0.01,
+            batch_size: int = 128, seed: int = 0, weights: str | Path | None = None,
+            freeze_bn_after: int | None = None, gradient_bits: int | None = None,
+            progressive: tuple[int, ...] = (), two_stage: int | None = None, eval_samples: int | None = None,
+            progress: bool = False) -> dict[str, Any]:
+    """Quantization-aware training of an image classifier on Fashion-MNIST, saved and measured like :func:`run_ptq`.
+
+    ``prepare`` (initialised on ``calib`` seeded training images) → ``fit`` (``train_samples`` seeded training
+    images, all by default) → ``convert`` → ``save_quantized`` to ``out``. ``progressive``: widths to train at
+    first, one epoch each (:class:`lowbit.qat.ProgressiveBits`); ``two_stage``: the epoch from which activations
+    are quantized (:class:`lowbit.qat.TwoStage`).
+
+    Returns:
+        :func:`run_ptq`'s shape — ``{"model", "recipe", "observer": null, "calibration", "transforms": [], "fp32",
+        "quantized"}`` — plus ``"qat": {"quantizer", "epochs", "train_samples", "history"}``.
+
+    Raises:
+        ValueError: a text model, or bad options (named).
+    """
+    from lowbit import qat
+    from lowbit.zoo.data import fashion_mnist
+
+    if model.startswith("zoo:minilm"):
+        raise ValueError("lowbit qat trains image classifiers on Fashion-MNIST; zoo:minilm is a text model")
+    spec = load_recipe(recipe)
+    config = qat.QATConfig.for_quantizer(quantizer, gradient_bits=gradient_bits)
+    float_model = load_model(model, weights)
+    evaluation = ImageEvaluation(eval_samples)
+    fp32 = evaluation.measure(float_model, fp32_bytes(float_model), "pytorch-fp32")
+    images, labels = fashion_mnist("train").tensors
+    count = len(labels) if train_samples is None else train_samples
+    if not 1 <= count <= len(labels):
+        raise ValueError(f"train_samples must be in 1..{len(labels)}, got {count}")
+    chosen = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:count]
+    trainable = qat.prepare(float_model, spec, config, calibration=calibration_batches(calib, seed=seed),
+                            progress=progress)
+    schedules: list[qat.Schedule] = []
+    if progressive:
+        schedules.append(qat.ProgressiveBits(tuple(progressive), epochs_per_stage=1))
+    if two_stage is not None:
+        schedules.append(qat.TwoStage(two_stage))
+    fitted = qat.fit(trainable, (images[chosen], labels[chosen]), epochs, lr=lr, batch_size=batch_size, seed=seed,
+                     schedule=schedules, freeze_bn_after=freeze_bn_after, progress=progress)
+    frozen = qat.convert(trainable)
+    folder = save_quantized(frozen, out, source=model)
+    quantized = evaluation.measure(frozen, folder_bytes(folder), backend_of(spec))
+    quantized["path"] = str(folder)
+    return {"model": model, "recipe": spec.name, "observer": None, "calibration": f"data:{calib}",
+            "transforms": [], "fp32": fp32, "quantized": quantized,
+            "qat": {"quantizer": quantizer, "weights": config.weight_quantizer.value,
+                    "activations": config.activation_quantizer.value, "epochs": epochs, "train_samples": count,
+                    "history": fitted.history}}
 
 
 def run_bench(model: str, recipe: str | Recipe = "w8a8", calib: int = 256, weights: str | Path | None = None,
