@@ -1,4 +1,4 @@
-"""Fold BatchNorm into the convolution or linear layer before it (docs/math.md, eq. 17).
+"""Fold BatchNorm into the convolution or linear layer before it (docs/math.md Q5, the frozen form).
 
 ``W' = W · γ/σ`` per output channel and ``b' = (b − μ) · γ/σ + β`` with ``σ = sqrt(var + eps)``: the folded layer
 computes exactly what conv/linear followed by BN (in eval mode) computed, up to float rounding, and the BN
