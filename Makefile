@@ -44,6 +44,8 @@ bench: $(STAMP) data peers
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/dfq.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/learned_rounding.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/smoothquant.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/qat.py lenet5 --epochs 3
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/qat.py resnet20 --epochs 2 --train 20000
 
 # Peer quantizers (torchao, NNCF) live in their own environment with the same torch pin; only benchmarks use it.
 PEERS_VENV := .venv-peers

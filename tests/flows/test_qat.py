@@ -174,3 +174,39 @@ def test_bad_input_is_named(data):
         qat.convert(lenet)
     with pytest.raises(ValueError, match="epochs"):
         qat.fit(lenet, (x[:8], x[:8]), epochs=0)
+
+
+def test_a_skipped_layer_keeps_its_batchnorm_folded_like_ptq(data, tmp_path):
+    (x, _), (images, _) = data
+    recipe = lowbit.Recipe("w4a4-skip", weight=lowbit.QuantSpec(bits=4, granularity=lowbit.PerChannel(0)),
+                           activation=lowbit.QuantSpec(bits=4, signed=False, symmetric=False), first_last_bits=8,
+                           overrides=(lowbit.Override(include=("layers.0.conv1",), skip=True),))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frozen = qat.convert(qat.prepare(load("resnet20").model, recipe, "lsq", calibration=[x[:64]]))
+        again = lowbit.load_quantized(lowbit.save_quantized(frozen, tmp_path / "q", source="zoo:resnet20"))
+    assert isinstance(frozen.get_submodule("layers.0.conv1"), torch.nn.Conv2d)
+    with torch.no_grad():
+        assert torch.equal(frozen(images[:50]), again(images[:50]))
+
+
+def test_a_checkpoint_taken_mid_schedule_restores_the_widths(data, tmp_path):
+    (x, y), (images, _) = data
+
+    def fresh():
+        return qat.prepare(load("lenet5").model, "w2a2", "lsq", calibration=[x[:64]])
+
+    model = fresh()
+    qat.fit(model, (x[:128], y[:128]), epochs=1, batch_size=64, progress=False, checkpoint_dir=tmp_path,
+            schedule=qat.ProgressiveBits((8,), epochs_per_stage=2))  # still at 8 bits when the checkpoint is taken
+    resumed = fresh()
+    qat.load_checkpoint(resumed, tmp_path / "epoch-1.safetensors")
+    with torch.no_grad():
+        assert torch.equal(model.eval()(images[:50]), resumed.eval()(images[:50]))
+
+
+def test_fit_says_when_an_epoch_has_no_batch(data):
+    (x, y), _ = data
+    model = qat.prepare(load("lenet5").model, "w4a4", "lsq", calibration=[x[:64]])
+    with pytest.raises(ValueError, match="epoch 1 had no batch"):
+        qat.fit(model, (x[:10], y[:10]), batch_size=64, progress=False)

@@ -84,7 +84,7 @@ def test_to_quantized_computes_what_eval_mode_computes(make):
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     frozen = layer.float().to_quantized()
     assert frozen.weight_spec.granularity == PerChannel(0)
-    assert torch.allclose(frozen(x.float()), layer(x.float()), atol=1e-5)
+    assert torch.equal(frozen(x.float()), layer(x.float()))  # bit for bit, DoReFa's per-channel scales included
 
 
 def test_linear_without_bn_exports_the_fake_quantized_weight_exactly():
@@ -124,3 +124,13 @@ def test_activation_export_is_an_integer_zero_point_on_the_edge_spec(cls, signed
 def test_uninitialised_activation_quantizer_says_so():
     with pytest.raises(RuntimeError, match="never initialised"):
         LSQActivationQuantizer(A4, "output of conv1")(torch.ones(2))
+
+
+def test_a_channel_with_zero_gamma_stays_finite_and_outputs_beta():
+    conv, bn = _conv_bn(6)
+    with torch.no_grad():
+        bn.weight[2] = 0.0
+    layer = _layer(conv, bn, STEWeightQuantizer(W4)).train()
+    y = layer(torch.randn(4, 3, 8, 8, dtype=torch.float64))
+    assert bool(torch.isfinite(y).all())
+    assert torch.allclose(y[:, 2], torch.full_like(y[:, 2], float(bn.bias[2])))

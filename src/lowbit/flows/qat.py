@@ -25,8 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import warnings
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -43,6 +42,7 @@ from lowbit.flows.ptq import (
     progress_bar,
 )
 from lowbit.flows.placement import keeps_grid
+from lowbit.flows.qat_config import QATConfig
 from lowbit.nn.fake_quant import (
     ActivationFakeQuantizer,
     DoReFaActivationQuantizer,
@@ -57,71 +57,13 @@ from lowbit.nn.fake_quant import (
 )
 from lowbit.nn.qat_layers import QATLayer
 from lowbit.recipes import Mode, Override, Recipe, WeightRounding, load_recipe
-from lowbit.spec import QuantSpec
-from lowbit.transforms.fold_bn import modules_called_once, replace_module
+from lowbit.spec import PerTensor, QuantSpec
+from lowbit.transforms.fold_bn import fold_bn_into, modules_called_once, replace_module
 
 __all__ = ["QATConfig", "prepare", "initialize", "convert", "freeze_bn", "set_bits", "enable", "regularization",
            "QuantizerKind"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
-# the weight and activation quantizers each --quantizer choice means (PACT is an activation rule: its weights use
-# the min/max STE quantizer, so PACT vs STE compares the activation rules alone)
-_DEFAULT_PAIRS = {
-    QuantizerKind.STE: (QuantizerKind.STE, QuantizerKind.STE),
-    QuantizerKind.LSQ: (QuantizerKind.LSQ, QuantizerKind.LSQ),
-    QuantizerKind.PACT: (QuantizerKind.STE, QuantizerKind.PACT),
-    QuantizerKind.DOREFA: (QuantizerKind.DOREFA, QuantizerKind.DOREFA),
-}
-
-
-@dataclass(frozen=True)
-class QATConfig:
-    """How a model was prepared for QAT (kept on the model as ``lowbit_qat``).
-
-    Args:
-        weight_quantizer / activation_quantizer: :class:`QuantizerKind` (PACT is activations only).
-        gradient_bits: DoReFa gradient quantization of every quantized layer's output gradient; None: off.
-        pact_decay: PACT's L2 coefficient on α.
-        momentum: the moving-average weight of the STE activation ranges.
-
-    Raises:
-        ValueError: naming the field and the value.
-    """
-
-    weight_quantizer: QuantizerKind = QuantizerKind.LSQ
-    activation_quantizer: QuantizerKind = QuantizerKind.LSQ
-    gradient_bits: int | None = None
-    pact_decay: float = 1e-4
-    momentum: float = 0.01
-
-    def __post_init__(self) -> None:
-        for name in ("weight_quantizer", "activation_quantizer"):
-            value = getattr(self, name)
-            try:
-                object.__setattr__(self, name, QuantizerKind(value))
-            except ValueError:
-                raise ValueError(f"QATConfig.{name}: {value!r} is not one of "
-                                 f"{', '.join(k.value for k in QuantizerKind)}") from None
-        if self.weight_quantizer is QuantizerKind.PACT:
-            raise ValueError("QATConfig.weight_quantizer: PACT clips activations; use ste, lsq or dorefa for weights")
-        if self.gradient_bits is not None and (not isinstance(self.gradient_bits, int) or not 1 <= self.gradient_bits <= 16):
-            raise ValueError(f"QATConfig.gradient_bits must be None or an int in 1..16, got {self.gradient_bits!r}")
-        if not self.pact_decay >= 0:
-            raise ValueError(f"QATConfig.pact_decay must be >= 0, got {self.pact_decay!r}")
-        if not 0 < self.momentum <= 1:
-            raise ValueError(f"QATConfig.momentum must be in (0, 1], got {self.momentum!r}")
-
-    @classmethod
-    def for_quantizer(cls, quantizer: str | QuantizerKind, **options: Any) -> QATConfig:
-        """The config ``--quantizer`` names (weights and activations per :data:`_DEFAULT_PAIRS`)."""
-        try:
-            kind = QuantizerKind(quantizer)
-        except ValueError:
-            raise ValueError(f"quantizer {quantizer!r} is not one of {', '.join(k.value for k in QuantizerKind)}") from None
-        weights, activations = _DEFAULT_PAIRS[kind]
-        return cls(weights, activations, **options)
-
-
 def _weight_quantizer(kind: QuantizerKind, spec: QuantSpec, weight: torch.Tensor) -> WeightFakeQuantizer:
     if kind is QuantizerKind.LSQ:
         return LSQWeightQuantizer(spec, weight)
@@ -130,7 +72,7 @@ def _weight_quantizer(kind: QuantizerKind, spec: QuantSpec, weight: torch.Tensor
     return STEWeightQuantizer(spec)
 
 
-def _activation_factory(config: QATConfig):  # type: ignore[no-untyped-def]
+def _activation_factory(config: QATConfig) -> Callable[..., nn.Module]:
     def make(recipe: Recipe, spec: QuantSpec | None, label: str, model_input: bool = False) -> nn.Module:
         spec = spec or recipe.activation
         assert spec is not None
@@ -153,7 +95,8 @@ def _bn_after(gm: fx.GraphModule) -> dict[str, fx.Node]:
     once = set(modules_called_once(gm))
     pairs = {}
     for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), _BN):
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(bn, _BN) or bn.running_var is None:  # no running statistics: nothing to fold (as PTQ)
             continue
         producer = node.args[0]
         if isinstance(producer, fx.Node) and producer.op == "call_module" and len(producer.users) == 1 \
@@ -169,12 +112,19 @@ def _check_recipe(recipe: Recipe, config: QATConfig) -> None:
     if recipe.transforms.any or recipe.weight_rounding is not WeightRounding.NEAREST:
         raise ValueError(f"recipe {recipe.name!r}: transforms and learned rounding are post-training steps; "
                          "QAT trains the weights instead")
-    learned = config.activation_quantizer is not QuantizerKind.STE
-    if recipe.mode is Mode.STATIC and learned and recipe.activation is not None and (
-            recipe.activation.symmetric or recipe.activation.narrow_range):
-        raise ValueError(f"Recipe.activation must be asymmetric without narrow range for "
-                         f"{config.activation_quantizer.value} activations (their signed or unsigned grid becomes "
-                         f"its integer zero point), got {recipe.activation!r}")
+    if recipe.mode is Mode.STATIC:
+        _check_edge_spec(recipe.activation, config, "Recipe.activation")
+
+
+def _check_edge_spec(spec: QuantSpec | None, config: QATConfig, where: str) -> None:
+    """LSQ, PACT and DoReFa grids are stored as an asymmetric, full-range, per-tensor grid with an integer zero
+    point; other activation specs cannot hold them."""
+    if spec is None or config.activation_quantizer is QuantizerKind.STE:
+        return
+    if spec.symmetric or spec.narrow_range or not isinstance(spec.granularity, PerTensor):
+        raise ValueError(f"{where}: {config.activation_quantizer.value} activations need an asymmetric per-tensor "
+                         f"spec without narrow range (their signed or unsigned grid becomes its integer zero point), "
+                         f"got {spec!r}")
 
 
 def prepare(model: nn.Module, recipe: str | Recipe = "w4a4", quantizer: str | QuantizerKind | QATConfig = "lsq", *,
@@ -214,16 +164,20 @@ def prepare(model: nn.Module, recipe: str | Recipe = "w4a4", quantizer: str | Qu
     quantized = {}
     for name, plan in plans.items():
         layer = gm.get_submodule(name)
-        if plan.skip or plan.weight is None:
-            summary.float_layers.append(f"{name} ({type(layer).__name__}, skipped by recipe)")
-            continue
-        spec = _fit_groups(plan.weight, layer.weight.shape, name, summary)
         bn_node = pairs.get(name)
         bn = gm.get_submodule(bn_node.target) if bn_node is not None else None
+        if plan.skip or plan.weight is None:
+            summary.float_layers.append(f"{name} ({type(layer).__name__}, skipped by recipe)")
+            if bn_node is not None:  # folded, as PTQ folds it: the converted model has PTQ's structure
+                replace_module(gm, name, fold_bn_into(layer, bn))
+                bn_node.replace_all_uses_with(bn_node.args[0])
+                gm.graph.erase_node(bn_node)
+            continue
+        _check_edge_spec(plan.activation if recipe.mode is Mode.STATIC else None, config, f"layer {name}")
+        spec = _fit_groups(plan.weight, layer.weight.shape, name, summary)
         start = layer.weight
         if bn is not None:  # LSQ starts from the folded weight it will quantize (DoReFa ignores the start)
-            factor = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-            start = layer.weight.detach() * factor.reshape([-1] + [1] * (layer.weight.ndim - 1))
+            start = fold_bn_into(layer, bn).weight.detach()
         kind = config.weight_quantizer
         if kind is QuantizerKind.DOREFA and spec.bits >= 8:
             # DoReFa keeps first and last layers out of its low-bit rule; at 8 bits the min/max grid serves them
@@ -273,8 +227,8 @@ def _activation_quantizers(model: nn.Module) -> list[ActivationFakeQuantizer]:
 
 @torch.no_grad()
 def initialize(model: nn.Module, batches: Iterable[Any], progress: bool = False) -> int:
-    """Run ``batches`` through ``model`` (eval mode, float values) so every activation quantizer sets its starting
-    step, clip or range from the data; returns the number of batches.
+    """Run ``batches`` through ``model`` (eval mode, activations passing through unquantized) so every activation
+    quantizer sets its starting step, clip or range from the data; returns the number of batches.
 
     Raises:
         ValueError: no batches, or a batch the model cannot take.
@@ -319,10 +273,10 @@ def set_bits(model: nn.Module, bits: int | None = None, *, weights: bool = True,
     ``None`` returns every quantizer to its recipe's bits. LSQ steps are rescaled to keep their clip range.
 
     Raises:
-        ValueError: bits outside 2..16.
+        ValueError: bits outside 2..8.
     """
-    if bits is not None and (not isinstance(bits, int) or not 2 <= bits <= 16):
-        raise ValueError(f"set_bits: bits must be None or an int in 2..16, got {bits!r}")
+    if bits is not None and (not isinstance(bits, int) or not 2 <= bits <= 8):
+        raise ValueError(f"set_bits: bits must be None or an int in 2..8, got {bits!r}")
     targets: list[Any] = []
     if weights:
         targets += [m for m in model.modules() if isinstance(m, WeightFakeQuantizer)]
@@ -389,10 +343,11 @@ def convert(model: nn.Module) -> fx.GraphModule:
     edges = _activation_quantizers(work)
     names = {id(m): n for n, m in work.named_modules()}
     for q in edges:
-        if not bool(q.initialized) or not q.enabled:
-            replace_module(work, names[id(q)], nn.Identity())
-            continue
         frozen_edge = _activation_quantizer(recipe, q.spec, q.label)
+        if not bool(q.initialized) or not q.enabled:  # no tensor reached it: passes values through, as in PTQ
+            frozen_edge.bypass = True
+            replace_module(work, names[id(q)], frozen_edge)
+            continue
         qp = q.export()
         frozen_edge.scale, frozen_edge.zero_point = qp.scale.clone(), qp.zero_point.clone()
         replace_module(work, names[id(q)], frozen_edge)

@@ -36,7 +36,7 @@ class ProgressiveBits(Schedule):
     so 8-bit first and last layers stay at 8.
 
     Raises:
-        ValueError: widths not decreasing integers in 2..16, or ``epochs_per_stage < 1``.
+        ValueError: widths not decreasing integers in 2..8, or ``epochs_per_stage < 1``.
     """
 
     widths: tuple[int, ...] = (8, 4)
@@ -44,9 +44,9 @@ class ProgressiveBits(Schedule):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(self.widths))
-        if not self.widths or any(not isinstance(b, int) or not 2 <= b <= 16 for b in self.widths) or \
+        if not self.widths or any(not isinstance(b, int) or not 2 <= b <= 8 for b in self.widths) or \
                 list(self.widths) != sorted(self.widths, reverse=True):
-            raise ValueError(f"ProgressiveBits.widths must be decreasing ints in 2..16, got {self.widths!r}")
+            raise ValueError(f"ProgressiveBits.widths must be decreasing ints in 2..8, got {self.widths!r}")
         if not isinstance(self.epochs_per_stage, int) or self.epochs_per_stage < 1:
             raise ValueError(f"ProgressiveBits.epochs_per_stage must be an int >= 1, got {self.epochs_per_stage!r}")
 

@@ -83,7 +83,8 @@ def fit(model: nn.Module, train_data: Any, epochs: int = 1, *, optimizer: torch.
         eval_data: tuple[torch.Tensor, torch.Tensor] | None = None, loss_fn: nn.Module | None = None,
         seed: int = 0, schedule: Schedule | Sequence[Schedule] = (), freeze_bn_after: int | None = None,
         checkpoint_dir: str | Path | None = None, progress: bool = True) -> FitResult:
-    """Train ``model`` (e.g. from :func:`lowbit.qat.prepare`) for ``epochs``; returns the per-epoch history.
+    """Train ``model`` (e.g. from :func:`lowbit.qat.prepare`) for ``epochs``; returns the per-epoch history and
+    leaves ``model`` in eval mode.
 
     Args:
         train_data: ``(inputs, targets)`` tensors or a ``TensorDataset`` (shuffled with ``seed``, batches of
@@ -103,6 +104,8 @@ def fit(model: nn.Module, train_data: Any, epochs: int = 1, *, optimizer: torch.
         raise ValueError(f"fit: epochs must be an int >= 1, got {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"fit: batch_size must be an int >= 1, got {batch_size!r}")
+    if freeze_bn_after is not None and (not isinstance(freeze_bn_after, int) or freeze_bn_after < 0):
+        raise ValueError(f"fit: freeze_bn_after must be None or an int >= 0, got {freeze_bn_after!r}")
     rank, world = _world()
     if world > 1 and batch_size % world:
         raise ValueError(f"fit: batch_size {batch_size} does not split evenly over {world} processes")
@@ -132,6 +135,9 @@ def fit(model: nn.Module, train_data: Any, epochs: int = 1, *, optimizer: torch.
             started, total, count = time.perf_counter(), 0.0, 0
             for inputs, targets in _batches(train_data, batch_size, generator):
                 if world > 1:
+                    if len(targets) % world:
+                        raise ValueError(f"fit: a batch of {len(targets)} does not split evenly over {world} "
+                                         "processes (DDP's average would not be the global batch's mean)")
                     inputs, targets = inputs.tensor_split(world)[rank], targets.tensor_split(world)[rank]
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(net(inputs), targets)
@@ -144,6 +150,9 @@ def fit(model: nn.Module, train_data: Any, epochs: int = 1, *, optimizer: torch.
                     freeze_bn(model)
                 total, count = total + float(loss.detach()), count + 1
                 bar.advance(f"epoch {epoch + 1}/{epochs} loss {total / count:.4f}")
+            if count == 0:
+                raise ValueError(f"fit: epoch {epoch + 1} had no batch (fewer samples than batch_size {batch_size}, "
+                                 "or a one-shot iterable that is already spent)")
             record: dict[str, float] = {"epoch": epoch + 1, "loss": total / max(count, 1),
                                         "seconds": round(time.perf_counter() - started, 2)}
             if eval_data is not None:
@@ -195,7 +204,8 @@ def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, s
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    meta: dict[str, Any] = {"metrics": metrics or {}, "optimizer": None}
+    # the widths quantizers train at now (a progressive schedule lowers them): steps are only right at these
+    meta: dict[str, Any] = {"metrics": metrics or {}, "optimizer": None, "bits": _current_bits(model)}
     if optimizer is not None:
         state = optimizer.state_dict()
         scalars: dict[str, dict[str, Any]] = {}
@@ -206,10 +216,29 @@ def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, s
                 else:
                     scalars.setdefault(str(index), {})[name] = value
         meta["optimizer"] = {"param_groups": state["param_groups"], "scalars": scalars}
+    text = json.dumps(meta, indent=1, default=_json_value) + "\n"  # fails before anything is written
     path = stem.with_suffix(".safetensors")
     save_file(tensors, str(path))
-    stem.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+    stem.with_suffix(".json").write_text(text)
     return path
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()  # e.g. a tensor learning rate
+    raise ValueError(f"save_checkpoint: optimizer state {value!r} ({type(value).__name__}) cannot be written as JSON")
+
+
+def _current_bits(model: nn.Module) -> dict[str, int]:
+    from lowbit.nn.fake_quant import ActivationFakeQuantizer, DoReFaWeightQuantizer, WeightFakeQuantizer
+
+    bits = {}
+    for name, m in model.named_modules():
+        if isinstance(m, DoReFaWeightQuantizer):
+            bits[name] = m.bits
+        elif isinstance(m, (WeightFakeQuantizer, ActivationFakeQuantizer)):
+            bits[name] = m.spec.bits
+    return bits
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.Optimizer | None = None,
@@ -222,6 +251,10 @@ def load_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
     path = Path(path)
     tensors = load_file(str(path))
     meta = json.loads(path.with_suffix(".json").read_text())
+    modules = dict(model.named_modules())
+    for name, bits in meta.get("bits", {}).items():
+        if name in modules:
+            modules[name].set_bits(bits)  # the widths the steps were saved at, before the steps are loaded
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

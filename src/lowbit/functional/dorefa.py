@@ -112,7 +112,7 @@ def dorefa_gradient(dr: torch.Tensor, bits: int, generator: torch.Generator | No
     levels = _levels(bits)
     flat = dr.reshape(dr.shape[0], -1) if dr.ndim > 1 else dr.reshape(1, -1)
     peak = flat.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(dr.dtype).tiny)
-    noise = (torch.rand(flat.shape, generator=generator, dtype=dr.dtype) - 0.5) / levels
+    noise = (torch.rand(flat.shape, generator=generator, dtype=dr.dtype, device=dr.device) - 0.5) / levels
     r = flat / (2 * peak) + 0.5 + noise
     q = torch.round(r.clamp(0, 1) * levels) / levels
     return (2 * peak * (q - 0.5)).reshape(dr.shape)

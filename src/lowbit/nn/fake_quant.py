@@ -37,6 +37,8 @@ __all__ = ["QuantizerKind", "STEWeightQuantizer", "LSQWeightQuantizer", "DoReFaW
 
 # values kept per edge while initialising PACT's clip (a sample is enough for the MSE search)
 _PACT_SAMPLE = 1 << 18
+_PACT_PER_BATCH = 1 << 15  # so that later calibration batches count too
+_MIN_STEP = 1e-8
 
 
 class QuantizerKind(enum.Enum):
@@ -46,6 +48,11 @@ class QuantizerKind(enum.Enum):
     LSQ = "lsq"
     PACT = "pact"
     DOREFA = "dorefa"
+
+
+def _positive(t: torch.Tensor) -> torch.Tensor:
+    """A learned step or clip kept positive (an optimizer step could push it through zero)."""
+    return t.clamp(min=_MIN_STEP)
 
 
 def _bits_of(spec: QuantSpec, bits: int) -> QuantSpec:
@@ -124,17 +131,18 @@ class LSQWeightQuantizer(WeightFakeQuantizer):
 
     def fake_quantize(self, w: torch.Tensor) -> torch.Tensor:
         grad_scale = lsq_grad_scale(w.numel() // max(self.step.numel(), 1), self.spec.qmax)
-        return lsq_fake_quantize(w, self._broadcast(self.step, w.ndim), self.spec.qmin, self.spec.qmax, grad_scale)
+        return lsq_fake_quantize(w, self._broadcast(_positive(self.step), w.ndim), self.spec.qmin, self.spec.qmax,
+                                 grad_scale)
 
     @torch.no_grad()
     def export(self, w: torch.Tensor) -> tuple[torch.Tensor, QParams]:
-        step = self.step.detach().to(torch.float32)
+        step = _positive(self.step.detach()).to(torch.float32)
         codes = torch.round(w.detach() / self._broadcast(step, w.ndim)).clamp(self.spec.qmin, self.spec.qmax)
         return codes.to(self.spec.code_dtype), QParams(step.clone(), torch.zeros_like(step, dtype=torch.int32),
                                                        self.spec)
 
     def scale(self, w: torch.Tensor) -> torch.Tensor:
-        return self.step.detach().to(torch.float32)
+        return _positive(self.step.detach()).to(torch.float32)
 
     @torch.no_grad()
     def set_bits(self, bits: int) -> None:
@@ -159,6 +167,8 @@ class DoReFaWeightQuantizer(WeightFakeQuantizer):
         self.bits, self.target_bits, self.recipe_spec = bits, bits, spec
 
     def set_bits(self, bits: int) -> None:
+        if not 1 <= bits <= 15:
+            raise ValueError(f"DoReFa weights take 1..15 bits (stored on bits + 1), got {bits}")
         self.bits = bits
         self.spec = QuantSpec(bits=max(bits + 1, 2), narrow_range=True)
 
@@ -307,7 +317,7 @@ class LSQActivationQuantizer(ActivationFakeQuantizer):
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         qmin, qmax = self._grid()
         per_sample = x.numel() // x.shape[0] if x.ndim > 1 else x.numel()
-        return lsq_fake_quantize(x, self.step, qmin, qmax, lsq_grad_scale(per_sample, qmax))
+        return lsq_fake_quantize(x, _positive(self.step), qmin, qmax, lsq_grad_scale(per_sample, qmax))
 
     @torch.no_grad()
     def set_bits(self, bits: int) -> None:
@@ -316,7 +326,7 @@ class LSQActivationQuantizer(ActivationFakeQuantizer):
         self.step.mul_(old / self._grid()[1])  # keep the clip range
 
     def export(self) -> QParams:
-        return self._as_spec(self.step)
+        return self._as_spec(_positive(self.step.detach()))
 
 
 class PACTActivationQuantizer(ActivationFakeQuantizer):
@@ -339,7 +349,7 @@ class PACTActivationQuantizer(ActivationFakeQuantizer):
     def observe(self, x: torch.Tensor) -> None:
         self.signed |= bool(x.min() < 0)
         flat = x.detach().reshape(-1).to(torch.float32)
-        room = _PACT_SAMPLE - self._kept
+        room = min(_PACT_SAMPLE - self._kept, _PACT_PER_BATCH)
         if room > 0:
             pick = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(self._kept))[:room]]
             self._sample.append(pick)
@@ -361,13 +371,13 @@ class PACTActivationQuantizer(ActivationFakeQuantizer):
         super().finish()
 
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return pact_fake_quantize(x, self.alpha, self.spec.bits, bool(self.signed))
+        return pact_fake_quantize(x, _positive(self.alpha), self.spec.bits, bool(self.signed))
 
     def penalty(self) -> torch.Tensor | None:
         return self.decay * self.alpha.square() if self.enabled and self.decay else None
 
     def export(self) -> QParams:
-        return self._as_spec(self.alpha.detach() / pact_grid(self.spec.bits, bool(self.signed))[2])
+        return self._as_spec(_positive(self.alpha.detach()) / pact_grid(self.spec.bits, bool(self.signed))[2])
 
 
 class DoReFaActivationQuantizer(ActivationFakeQuantizer):

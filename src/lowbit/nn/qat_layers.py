@@ -140,15 +140,23 @@ class QATLayer(nn.Module):
                 if batch_stats:
                     y = self.bn(self._op(x, w_q, self.bias))
                 else:
-                    bias = self._folded_bias(factor)
+                    bias, folded = self._folded_bias(factor), w_q * weight_view
                     if on:
-                        bias = self._on_grid(bias, self._invariant_scale(quantize.scale(self.weight), factor))
-                    y = self._op(x, w_q * weight_view, bias)
+                        step = quantize.scale(self.weight)
+                        bias = self._on_grid(bias, self._invariant_scale(step, factor))
+                        # the converted layer's values: ±codes · (step·|f|) per channel, bit for bit
+                        codes = torch.round(w_q.detach() / step.to(w_q.dtype))
+                        signed = codes * self._channel_view(torch.sign(factor.detach()), codes.ndim, 0)
+                        exact = signed * self._channel_view(self._invariant_scale(step, factor), codes.ndim, 0)
+                        folded = masked_ste(folded, exact.to(folded.dtype))
+                    y = self._op(x, folded, bias)
             else:
                 w_fold = self.weight * weight_view
                 w_q = quantize(w_fold)
                 if batch_stats:
-                    y = self._op(x, w_q, None) / self._channel_view(factor, x.ndim, 1)
+                    # a channel with γ = 0 has a zero folded weight and outputs β: divide it by 1, not 0
+                    safe = torch.where(factor == 0, torch.ones_like(factor), factor)
+                    y = self._op(x, w_q, None) / self._channel_view(safe, x.ndim, 1)
                     if self.bias is not None:
                         y = y + self._channel_view(self.bias, y.ndim, 1)
                     y = self.bn(y)  # batch statistics; updates the running ones
@@ -180,7 +188,8 @@ class QATLayer(nn.Module):
     @staticmethod
     def _invariant_scale(step: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         """Per-channel scale of a scale-invariant weight with BN's factor folded in after quantization."""
-        return (step.detach().to(torch.float32) * factor.detach().abs().to(torch.float32)).reshape(-1)
+        scale = step.detach().to(torch.float32) * factor.detach().abs().to(torch.float32)
+        return scale.clamp(min=torch.finfo(torch.float32).tiny).reshape(-1)  # γ = 0: a zero channel, a valid scale
 
     def to_quantized(self) -> QuantLinear | QuantConv:
         """The frozen layer with integer weights that computes what eval mode computes."""
