@@ -7,8 +7,9 @@ is also the baseline of the per-epoch overhead ratio (same process, same thread 
 ``lowbit.quantize`` on the same calibration images: the presets (per-channel MSE weights, MSE activation ranges,
 8-bit first and last layers) and plain min/max ranges.
 
-Writes benchmarks/results/qat_<model>.{json,md}. Run: ``.venv/bin/python benchmarks/qat.py [lenet5|resnet20]
-[--epochs E] [--train N]`` (lenet5, 3 epochs: ~10 minutes on 2 cores).
+Writes benchmarks/results/qat_<model><tag>.{json,md}. Run: ``.venv/bin/python benchmarks/qat.py [lenet5|resnet20]
+[--epochs E] [--train N] [--only "W2A2 LSQ,W2A2 PACT"] [--tag -long]`` (lenet5, 3 epochs: ~10 minutes on 2 cores;
+resnet20, 2 epochs of 20000 images: ~35 minutes).
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ def main() -> None:
     parser.add_argument("model", nargs="?", default="lenet5")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train", type=int, default=60000, help="training images used (a fixed prefix)")
+    parser.add_argument("--only", default=None, help="comma-separated QAT row labels to run (no PTQ rows)")
+    parser.add_argument("--tag", default="", help="suffix of the results files, e.g. -long")
     args = parser.parse_args()
+    chosen = None if args.only is None else {label.strip() for label in args.only.split(",")}
     images, labels = fashion_mnist("test").tensors
     train_images, train_labels = fashion_mnist("train").tensors
     train = (train_images[: args.train], train_labels[: args.train])
@@ -86,7 +90,7 @@ def main() -> None:
     fp32_row["accuracy"] = accuracy(fp32_model, images, labels)
     rows.append(fp32_row)
     print(json.dumps(fp32_row), flush=True)
-    for recipe in ("w4a4", "w2a2"):
+    for recipe in ("w4a4", "w2a2") if chosen is None else ():
         for observers in ("mse", "minmax"):
             spec = load_recipe(recipe)
             if observers == "minmax":
@@ -98,6 +102,8 @@ def main() -> None:
             rows.append({"method": f"PTQ {recipe.upper()} ({observers} ranges)", "accuracy": accuracy(q, images, labels)})
             print(json.dumps(rows[-1]), flush=True)
     for label, recipe, config in QAT_ROWS:
+        if chosen is not None and label not in chosen:
+            continue
         model = qat.prepare(load(args.model).model, recipe, config, calibration=batches)
         row = run(label, model)
         row["accuracy_fake_quant"] = accuracy(model, images, labels)
@@ -105,7 +111,7 @@ def main() -> None:
         row["overhead_vs_fp32"] = round(row["seconds_per_epoch"] / fp32_row["seconds_per_epoch"], 2)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    write(args.model, train[1].numel(), rows)
+    write(args.model + args.tag, train[1].numel(), rows)
 
 
 def write(model: str, train: int, rows: list[dict]) -> None:

@@ -233,24 +233,22 @@ def initialize(model: nn.Module, batches: Iterable[Any], progress: bool = False)
     Raises:
         ValueError: no batches, or a batch the model cannot take.
     """
+    batches = list(batches)
+    if not batches:
+        raise ValueError("QAT initialisation got no batches: pass calibration=batches")
+    _reestimate_bn(model, batches)
     quantizers = _activation_quantizers(model)
     was_training = model.training
     model.eval()
     for q in quantizers:
         q.initializing = True
-    seen = 0
     try:
-        for seen, batch in enumerate(progress_bar(batches, progress, "initialising QAT"), start=1):
-            try:
-                call(model, batch)
-            except (ValueError, RuntimeError) as err:
-                raise ValueError(f"QAT initialisation batch {seen}: {err}") from err
+        _run(model, batches, progress, "initialising QAT")
     finally:
         for q in quantizers:
             q.initializing = False
         model.train(was_training)
-    if seen == 0:
-        raise ValueError("QAT initialisation got no batches: pass calibration=batches")
+    seen = len(batches)
     for q in quantizers:
         try:
             q.finish()
@@ -258,6 +256,45 @@ def initialize(model: nn.Module, batches: Iterable[Any], progress: bool = False)
             warnings.warn(f"lowbit.qat: no tensor reached {q.label}; left unquantized", stacklevel=2)
             q.enabled = False
     return seen
+
+
+def _run(model: nn.Module, batches: list[Any], progress: bool, description: str) -> None:
+    for seen, batch in enumerate(progress_bar(batches, progress, description), start=1):
+        try:
+            call(model, batch)
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(f"QAT initialisation batch {seen}: {err}") from err
+
+
+@torch.no_grad()
+def _reestimate_bn(model: nn.Module, batches: list[Any]) -> None:
+    """Recompute the running statistics of BatchNorms that follow a scale-invariant weight rule (DoReFa).
+
+    Such a rule changes the layer's output scale (DoReFa's weights fill [−1, 1] whatever the float weights'
+    size), so the float model's statistics no longer fit, and eval-mode layers would blow activations up by
+    that factor, layer after layer. One pass with batch statistics (activation quantizers off) averages the
+    right ones over the batches."""
+    layers = [m for m in model.modules() if isinstance(m, QATLayer) and m.bn is not None
+              and m.weight_quantizer.scale_invariant and m.weight_quantizer.enabled and not bool(m.bn_frozen)]
+    if not layers:
+        return
+    quantizers = [q for q in _activation_quantizers(model) if q.enabled]
+    was_training, momenta = model.training, [m.bn.momentum for m in layers]
+    model.eval()
+    for m in layers:
+        m.bn.reset_running_stats()
+        m.bn.momentum = None  # a cumulative average over the batches
+        m.train()
+    for q in quantizers:
+        q.enabled = False
+    try:
+        _run(model, batches, False, "")
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.bn.momentum = momentum
+        for q in quantizers:
+            q.enabled = True
+        model.train(was_training)
 
 
 def freeze_bn(model: nn.Module) -> int:
