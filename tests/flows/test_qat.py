@@ -210,3 +210,26 @@ def test_fit_says_when_an_epoch_has_no_batch(data):
     model = qat.prepare(load("lenet5").model, "w4a4", "lsq", calibration=[x[:64]])
     with pytest.raises(ValueError, match="epoch 1 had no batch"):
         qat.fit(model, (x[:10], y[:10]), batch_size=64, progress=False)
+
+
+def test_dorefa_layers_get_batchnorm_statistics_of_their_quantized_outputs():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 4)).eval()
+    batches = [torch.randn(32, 1, 12, 12) for _ in range(3)]
+    model = qat.prepare(net, "w2a2", "dorefa", calibration=batches)
+    layer = model.get_submodule("3")  # the 2-bit middle conv: DoReFa weights fill [−1, 1], unlike the float ones
+    seen = []
+    hook = layer.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    qat.enable(model, activations=False)  # the pass that re-estimated them ran with activations in float
+    with torch.no_grad():
+        for b in batches:
+            model.eval()(b)
+    hook.remove()
+    with torch.no_grad():
+        outputs = torch.cat([torch.nn.functional.conv2d(x, layer.weight_quantizer(layer.weight), layer.bias)
+                             for x in seen])
+    assert torch.allclose(layer.bn.running_mean, outputs.mean(dim=(0, 2, 3)), rtol=0.05, atol=1e-3)
+    ratio = layer.bn.running_var / outputs.var(dim=(0, 2, 3))
+    assert bool(((ratio > 0.9) & (ratio < 1.1)).all())
