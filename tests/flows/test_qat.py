@@ -233,3 +233,13 @@ def test_dorefa_layers_get_batchnorm_statistics_of_their_quantized_outputs():
     assert torch.allclose(layer.bn.running_mean, outputs.mean(dim=(0, 2, 3)), rtol=0.05, atol=1e-3)
     ratio = layer.bn.running_var / outputs.var(dim=(0, 2, 3))
     assert bool(((ratio > 0.9) & (ratio < 1.1)).all())
+
+
+def test_initialising_again_starts_afresh(data):
+    (x, _), _ = data
+    def steps(net):
+        return [float(q.step.detach()) for q in net.modules() if isinstance(q, LSQActivationQuantizer)]
+
+    model = qat.prepare(load("lenet5").model, "w4a4", "lsq", calibration=[x[:64]])
+    qat.initialize(model, [x[64:128]])  # what the first initialisation saw no longer counts
+    assert steps(model) == steps(qat.prepare(load("lenet5").model, "w4a4", "lsq", calibration=[x[64:128]]))

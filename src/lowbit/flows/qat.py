@@ -241,6 +241,7 @@ def initialize(model: nn.Module, batches: Iterable[Any], progress: bool = False)
     was_training = model.training
     model.eval()
     for q in quantizers:
+        q.start()
         q.initializing = True
     try:
         _run(model, batches, progress, "initialising QAT")

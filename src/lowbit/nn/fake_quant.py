@@ -221,6 +221,13 @@ class ActivationFakeQuantizer(nn.Module):
     def observe(self, x: torch.Tensor) -> None:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def start(self) -> None:
+        """Forget what an earlier initialisation observed (a second :func:`lowbit.qat.initialize` starts afresh)."""
+        self.signed.fill_(False)
+        self.initialized.fill_(False)
+        self.enabled = True
+
     def finish(self) -> None:
         """End initialisation: set the learned parameters from what was observed."""
         self.initialized.fill_(True)
@@ -277,6 +284,10 @@ class STEActivationQuantizer(ActivationFakeQuantizer):
         self.observer.update(x)
         self.signed |= bool(x.min() < 0)
 
+    def start(self) -> None:
+        super().start()
+        self.observer = MovingAverageMinMaxObserver(self.spec, momentum=self.observer.momentum)
+
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             self.observer.update(x)
@@ -298,6 +309,12 @@ class LSQActivationQuantizer(ActivationFakeQuantizer):
         self.step = nn.Parameter(torch.tensor(1.0))
         self.register_buffer("abs_sum", torch.zeros((), dtype=torch.float64), persistent=False)
         self.register_buffer("count", torch.zeros((), dtype=torch.float64), persistent=False)
+
+    @torch.no_grad()
+    def start(self) -> None:
+        super().start()
+        self.abs_sum.zero_()
+        self.count.zero_()
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
@@ -344,6 +361,10 @@ class PACTActivationQuantizer(ActivationFakeQuantizer):
         self.alpha = nn.Parameter(torch.tensor(1.0))
         self._sample: list[torch.Tensor] = []
         self._kept = 0
+
+    def start(self) -> None:
+        super().start()
+        self._sample, self._kept = [], 0
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
@@ -392,6 +413,10 @@ class DoReFaActivationQuantizer(ActivationFakeQuantizer):
     def observe(self, x: torch.Tensor) -> None:
         self.fallback.observe(x)
         self.signed |= bool(x.min() < 0)
+
+    def start(self) -> None:
+        super().start()
+        self.fallback.start()
 
     def finish(self) -> None:
         self.fallback.finish()
