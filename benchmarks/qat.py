@@ -8,7 +8,7 @@ is also the baseline of the per-epoch overhead ratio (same process, same thread 
 8-bit first and last layers) and plain min/max ranges.
 
 Writes benchmarks/results/qat_<model><tag>.{json,md}. Run: ``.venv/bin/python benchmarks/qat.py [lenet5|resnet20]
-[--epochs E] [--train N] [--only "W2A2 LSQ,W2A2 PACT"] [--tag -long]`` (lenet5, 3 epochs: ~10 minutes on 2 cores;
+[--epochs E] [--train N] [--only "W2A2 LSQ,W2A2 PACT"] [--tag=-long]`` (lenet5, 3 epochs: ~10 minutes on 2 cores;
 resnet20, 2 epochs of 20000 images: ~35 minutes).
 """
 
