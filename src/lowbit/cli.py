@@ -17,6 +17,7 @@ import statistics
 import sys
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +102,19 @@ def quantize(
                 split_outliers=split_outliers or old.split_outliers))
         if rounding is not None:
             spec = dataclasses.replace(spec, weight_rounding=rounding)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    _run_and_report(lambda: run_ptq(model, spec, calib=calib, out=out, observer=observer, weights=weights,
+                                    progress=True, zero_shot=zero_shot), as_json)
+
+
+def _run_and_report(job: Callable[[], dict[str, Any]], as_json: bool) -> None:
+    """Run a quantize-like job; bad input exits 2 with its message, warnings go to stderr, and the result is
+    printed as one JSON object or as the results table."""
+    try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = run_ptq(model, spec, calib=calib, out=out, observer=observer, weights=weights, progress=True,
-                             zero_shot=zero_shot)
+            result = job()
     except (ValueError, FileNotFoundError) as error:
         _fail(str(error))
     for w in caught:
@@ -147,20 +157,10 @@ def qat(
         widths = tuple(int(b) for b in progressive.split(",")) if progressive else ()
     except ValueError:
         _fail(f"--progressive must be comma-separated bit widths like 8,4, got {progressive!r}")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = run_qat(model, recipe, quantizer, epochs, out, calib=calib, train_samples=train_samples, lr=lr,
-                             batch_size=batch_size, seed=seed, weights=weights, freeze_bn_after=freeze_bn_after,
-                             gradient_bits=gradient_bits, progressive=widths, two_stage=two_stage, progress=True)
-    except (ValueError, FileNotFoundError) as error:
-        _fail(str(error))
-    for w in caught:
-        err.print(f"warning: {w.message}", highlight=False, markup=False)
-    if as_json:
-        typer.echo(json.dumps(result))
-        return
-    _print_results([result])
+    _run_and_report(lambda: run_qat(model, recipe, quantizer, epochs, out, calib=calib, train_samples=train_samples,
+                                    lr=lr, batch_size=batch_size, seed=seed, weights=weights,
+                                    freeze_bn_after=freeze_bn_after, gradient_bits=gradient_bits,
+                                    progressive=widths, two_stage=two_stage, progress=True), as_json)
 
 
 @app.command("eval")

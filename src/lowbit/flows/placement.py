@@ -22,7 +22,7 @@ from lowbit.nn.activation import ActivationQuantizer
 from lowbit.nn.layers import QuantConv, QuantLinear
 from lowbit.nn.qat_layers import QATLayer
 
-__all__ = ["Placement", "place_quantizers", "keeps_grid", "input_scales"]
+__all__ = ["Placement", "place_quantizers", "keeps_grid", "input_scales", "feeding_modules"]
 
 QUANT_LAYERS = (QuantLinear, QuantConv, QATLayer)  # QAT layers sit where their quantized form will
 _FUSABLE_MODULES = (nn.ReLU, nn.ReLU6)
@@ -150,20 +150,26 @@ def _place(gm: fx.GraphModule, dynamic: bool) -> Placement:
     return placement
 
 
+def feeding_modules(gm: fx.GraphModule) -> dict[str, nn.Module]:
+    """Quantized layer name → the module whose output it reads, looking back through grid-keeping ops (max
+    pooling, flatten, …): the quantizer that sets the layer's input grid, when there is one."""
+    modules = dict(gm.named_modules())
+    found = {}
+    for node in gm.graph.nodes:
+        if not _is_quant_layer(node, modules):
+            continue
+        source = node.args[0]
+        while isinstance(source, fx.Node) and keeps_grid(source, modules):
+            source = source.args[0]
+        if isinstance(source, fx.Node) and source.op == "call_module":
+            found[str(node.target)] = modules[source.target]
+    return found
+
+
 def input_scales(model: nn.Module) -> dict[str, float]:
     """Layer name → scale of the frozen activation quantizer feeding it (through grid-keeping ops), where a traced
     graph says; empty for a model quantized layer by layer."""
     if not isinstance(model, fx.GraphModule):
         return {}
-    modules = dict(model.named_modules())
-    scales = {}
-    for node in model.graph.nodes:
-        if not _is_quant_layer(node, modules):
-            continue
-        source = node.args[0]
-        while isinstance(source, fx.Node) and keeps_grid(source, modules):  # max pooling, flatten, … keep the grid
-            source = source.args[0]
-        quantizer = modules.get(source.target) if isinstance(source, fx.Node) else None
-        if isinstance(quantizer, ActivationQuantizer) and quantizer.frozen and not quantizer.bypass:
-            scales[str(node.target)] = float(quantizer.scale)
-    return scales
+    return {name: float(q.scale) for name, q in feeding_modules(model).items()
+            if isinstance(q, ActivationQuantizer) and q.frozen and not q.bypass}

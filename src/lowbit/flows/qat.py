@@ -41,7 +41,7 @@ from lowbit.flows.ptq import (
     bind_accumulator_bias,
     progress_bar,
 )
-from lowbit.flows.placement import keeps_grid
+from lowbit.flows.placement import feeding_modules
 from lowbit.flows.qat_config import QATConfig
 from lowbit.nn.fake_quant import (
     ActivationFakeQuantizer,
@@ -204,18 +204,13 @@ def prepare(model: nn.Module, recipe: str | Recipe = "w4a4", quantizer: str | Qu
 
 
 def _bind_input_quantizers(gm: fx.GraphModule) -> None:
-    """Tell each QAT layer which quantizer feeds it (through grid-keeping ops), as
-    :func:`~lowbit.flows.placement.input_scales` finds it after conversion: both then add the same bias."""
-    modules = dict(gm.named_modules())
-    for node in gm.graph.nodes:
-        layer = modules.get(node.target) if node.op == "call_module" else None
-        if not isinstance(layer, QATLayer):
-            continue
-        source = node.args[0]
-        while isinstance(source, fx.Node) and keeps_grid(source, modules):
-            source = source.args[0]
-        quantizer = modules.get(source.target) if isinstance(source, fx.Node) and source.op == "call_module" else None
-        layer.bind_input_quantizer(quantizer if isinstance(quantizer, ActivationFakeQuantizer) else None)
+    """Tell each QAT layer which quantizer feeds it, found as :func:`~lowbit.flows.placement.input_scales` finds
+    it after conversion: both then add the same bias."""
+    feeding = feeding_modules(gm)
+    for name, layer in gm.named_modules():
+        if isinstance(layer, QATLayer):
+            quantizer = feeding.get(name)
+            layer.bind_input_quantizer(quantizer if isinstance(quantizer, ActivationFakeQuantizer) else None)
 
 
 def _activation_quantizers(model: nn.Module) -> list[ActivationFakeQuantizer]:

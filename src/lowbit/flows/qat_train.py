@@ -57,10 +57,9 @@ def _world() -> tuple[int, int]:
 def _batches(data: Any, batch_size: int, generator: torch.Generator) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffled full batches of ``(inputs, targets)`` tensors (a trailing partial batch is dropped: every step
     has the same size, which DDP's averaging needs to equal the one-process update), or the user's iterable."""
-    if isinstance(data, torch.utils.data.TensorDataset):
-        data = data.tensors
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        inputs, targets = data
+    pair = _tensor_pair(data)
+    if pair is not None:
+        inputs, targets = pair
         order = torch.randperm(len(targets), generator=generator)
         for i in range(0, len(targets) - batch_size + 1, batch_size):
             index = order[i : i + batch_size]
@@ -165,11 +164,19 @@ def fit(model: nn.Module, train_data: Any, epochs: int = 1, *, optimizer: torch.
     return result
 
 
-def _count_steps(data: Any, batch_size: int) -> int | None:
+def _tensor_pair(data: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(inputs, targets)`` when ``data`` is that pair of tensors or a ``TensorDataset`` of it, else None."""
     if isinstance(data, torch.utils.data.TensorDataset):
         data = data.tensors
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        return len(data[1]) // batch_size
+        return data[0], data[1]
+    return None
+
+
+def _count_steps(data: Any, batch_size: int) -> int | None:
+    pair = _tensor_pair(data)
+    if pair is not None:
+        return len(pair[1]) // batch_size
     return len(data) if hasattr(data, "__len__") else None
 
 

@@ -219,6 +219,11 @@ class ActivationFakeQuantizer(nn.Module):
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
+        """Take in one initialisation batch; an edge that ever carries a negative value gets a signed grid."""
+        self.signed |= bool(x.min() < 0)
+        self._observe(x)
+
+    def _observe(self, x: torch.Tensor) -> None:
         raise NotImplementedError
 
     @torch.no_grad()
@@ -279,10 +284,8 @@ class STEActivationQuantizer(ActivationFakeQuantizer):
         super().__init__(spec, label)
         self.observer = MovingAverageMinMaxObserver(spec, momentum=momentum)
 
-    @torch.no_grad()
-    def observe(self, x: torch.Tensor) -> None:
+    def _observe(self, x: torch.Tensor) -> None:
         self.observer.update(x)
-        self.signed |= bool(x.min() < 0)
 
     def start(self) -> None:
         super().start()
@@ -316,11 +319,9 @@ class LSQActivationQuantizer(ActivationFakeQuantizer):
         self.abs_sum.zero_()
         self.count.zero_()
 
-    @torch.no_grad()
-    def observe(self, x: torch.Tensor) -> None:
+    def _observe(self, x: torch.Tensor) -> None:
         self.abs_sum += x.detach().abs().sum(dtype=torch.float64)
         self.count += x.numel()
-        self.signed |= bool(x.min() < 0)
 
     @torch.no_grad()
     def finish(self) -> None:
@@ -366,9 +367,7 @@ class PACTActivationQuantizer(ActivationFakeQuantizer):
         super().start()
         self._sample, self._kept = [], 0
 
-    @torch.no_grad()
-    def observe(self, x: torch.Tensor) -> None:
-        self.signed |= bool(x.min() < 0)
+    def _observe(self, x: torch.Tensor) -> None:
         flat = x.detach().reshape(-1).to(torch.float32)
         room = min(_PACT_SAMPLE - self._kept, _PACT_PER_BATCH)
         if room > 0:
@@ -409,10 +408,8 @@ class DoReFaActivationQuantizer(ActivationFakeQuantizer):
         super().__init__(spec, label)
         self.fallback = STEActivationQuantizer(spec, label, momentum)
 
-    @torch.no_grad()
-    def observe(self, x: torch.Tensor) -> None:
+    def _observe(self, x: torch.Tensor) -> None:
         self.fallback.observe(x)
-        self.signed |= bool(x.min() < 0)
 
     def start(self) -> None:
         super().start()
