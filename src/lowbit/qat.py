@@ -5,12 +5,13 @@
 Example:
     >>> from lowbit import qat
     >>> sorted(k.value for k in qat.QuantizerKind)
-    ['dorefa', 'lsq', 'pact', 'ste']
+    ['bnn', 'bwn', 'dorefa', 'five-level', 'lsq', 'pact', 'sign', 'ste', 'ttq', 'twn', 'xnor']
 """
 
 from lowbit.flows.qat import (
     QATConfig,
     QuantizerKind,
+    clip_latent_weights,
     convert,
     enable,
     freeze_bn,
@@ -23,5 +24,5 @@ from lowbit.flows.qat_schedule import ProgressiveBits, Schedule, TwoStage
 from lowbit.flows.qat_train import FitResult, fit, load_checkpoint, save_checkpoint
 
 __all__ = ["QATConfig", "QuantizerKind", "prepare", "initialize", "convert", "freeze_bn", "set_bits", "enable",
-           "regularization", "Schedule", "ProgressiveBits", "TwoStage", "fit", "FitResult", "save_checkpoint",
+           "regularization", "clip_latent_weights", "Schedule", "ProgressiveBits", "TwoStage", "fit", "FitResult", "save_checkpoint",
            "load_checkpoint"]

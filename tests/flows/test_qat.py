@@ -168,7 +168,7 @@ def test_bad_input_is_named(data):
     with pytest.raises(ValueError, match="asymmetric"):
         qat.prepare(lenet, lowbit.Recipe(activation=lowbit.QuantSpec(bits=4, signed=False)), "lsq",
                     calibration=[x[:8]])
-    with pytest.raises(ValueError, match="PACT clips activations"):
+    with pytest.raises(ValueError, match="pact is an activation rule"):
         qat.QATConfig(weight_quantizer="pact")
     with pytest.raises(ValueError, match="returned by lowbit.qat.prepare"):
         qat.convert(lenet)

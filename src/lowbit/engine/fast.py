@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from lowbit.engine.bits import bit_accumulator
 from lowbit.engine.islands import island_tensors, run_island
 from lowbit.engine.kernels import FLOAT32_EXACT, Requant, float_multiplier
 
@@ -72,6 +73,10 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
 
 def _requantize_in_place(acc: torch.Tensor, multiplier: torch.Tensor, low: float, high: float) -> torch.Tensor:
     return acc.mul_(multiplier).round_().clamp_(low, high)
+
+
+def _signs(t: torch.Tensor) -> torch.Tensor:
+    return torch.where(t >= 0, 1.0, -1.0)
 
 
 def _reads(op: dict[str, Any]) -> list[str]:
@@ -117,7 +122,14 @@ class _Compiler:
         channel = [1, -1] + [1] * (w.dim() - 2) if op["op"] == "conv" else [-1]
         scales = t[op["weight_scale"]].reshape(channel)
         x = op["x"]
-        if op["op"] == "conv":
+        if op.get("bit_kernel"):  # ±1 inputs, ±1 or ternary weights: packed XOR/popcount products
+            product = bit_accumulator(op, t)
+            bias_view = None if bias is None else bias.reshape(channel)
+
+            def accumulate(env: dict[str, torch.Tensor]) -> torch.Tensor:
+                acc = product(env[x])
+                return acc if bias_view is None else acc.add_(bias_view)
+        elif op["op"] == "conv":
             conv = F.conv1d if w.dim() == 3 else F.conv2d
             stride, padding, dilation, groups = (tuple(op["stride"]), tuple(op["padding"]), tuple(op["dilation"]),
                                                  op["groups"])
@@ -132,6 +144,9 @@ class _Compiler:
         if op["out"] is None:  # a float output: the accumulator dequantized
             dequant = float_multiplier(op["in_scale"], scales)
             return lambda env: accumulate(env).mul_(dequant)
+        if op["out"].get("sign"):  # a sign edge: +1 where the accumulator (value / positive scale) is >= 0
+            self._out(op)
+            return lambda env: _signs(accumulate(env))
         multiplier = float_multiplier(op["in_scale"], scales, divide_by=op["out"]["scale"])
         low, high = self._out(op)
         return lambda env: _requantize_in_place(accumulate(env), multiplier, low, high)
@@ -211,6 +226,10 @@ class _Compiler:
 
     def step(self, op: dict[str, Any]) -> Step:
         kind = op["op"]
+        if kind == "quantize" and op["out"].get("sign"):
+            self._out(op)
+            x = op["x"]
+            return lambda env: _signs(env[x])
         if kind == "quantize":
             scale = torch.tensor(op["out"]["scale"], dtype=torch.float32)
             low, high, x = *self._out(op), op["x"]

@@ -29,6 +29,7 @@ def _layer_norm(args: list[torch.Tensor], params: dict[str, Any], tensors: dict[
 ISLANDS = {
     "relu": lambda args, p, t: F.relu(args[0]),
     "relu6": lambda args, p, t: F.relu6(args[0]),
+    "hardtanh": lambda args, p, t: F.hardtanh(args[0], p["min_val"], p["max_val"]),
     "gelu": lambda args, p, t: F.gelu(args[0], approximate=p.get("approximate", "none")),
     "sigmoid": lambda args, p, t: torch.sigmoid(args[0]),
     "tanh": lambda args, p, t: torch.tanh(args[0]),

@@ -27,16 +27,19 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 
+from lowbit.engine.bits import bit_kernel_of
 from lowbit.engine.kernels import Requant, exact_in_float32
 from lowbit.engine.program import Program
 from lowbit.functional.affine import accumulator_bias
 from lowbit.nn.activation import ActivationQuantizer
+from lowbit.nn.binary_quant import SignQuantizer
 from lowbit.nn.layers import QuantConv, QuantLinear
 
 __all__ = ["lower"]
 
 _RELU = (nn.ReLU, F.relu, torch.relu)
 _RELU6 = (nn.ReLU6, F.relu6)
+_HARDTANH = (nn.Hardtanh, F.hardtanh)
 _ADD = (operator.add, torch.add)
 _MUL = (operator.mul, torch.mul)
 _CAT = (torch.cat, torch.concat)
@@ -53,7 +56,11 @@ def _grid(q: ActivationQuantizer) -> dict[str, Any]:
     spec = q.spec
     if q.scale.numel() != 1:
         raise ValueError(f"lower supports per-tensor activation grids; {q.label} has {q.scale.numel()} scales")
-    return {"scale": float(q.scale), "zero_point": int(q.zero_point), "qmin": spec.qmin, "qmax": spec.qmax}
+    grid = {"scale": float(q.scale), "zero_point": int(q.zero_point), "qmin": spec.qmin, "qmax": spec.qmax}
+    if isinstance(q, SignQuantizer):
+        # codes ±1 by the sign of the value (0 ↦ +1), not by rounding: the op thresholds its accumulator at 0
+        grid.update(sign=True, qmin=-1, qmax=1)
+    return grid
 
 
 class _Lowering:
@@ -88,17 +95,26 @@ class _Lowering:
                              "float (lower needs a static recipe, with every quantized layer's input on a grid)")
         return value
 
-    def _output_grid(self, node: fx.Node) -> tuple[dict[str, Any] | None, fx.Node | None]:
-        """The grid (with a fused ReLU/ReLU6 clamp) ``node`` requantizes to, and the node that then holds it."""
+    def _output_grid(self, node: fx.Node, sign_ok: bool = False) -> tuple[dict[str, Any] | None, fx.Node | None]:
+        """The grid (with a fused ReLU/ReLU6/Hardtanh clamp) ``node`` requantizes to, and the node that then holds
+        it. Only layers threshold their accumulator for a sign edge (``sign_ok``)."""
         holder = self._quantized_next(node)
         if holder is None:
             return None, None
         grid = _grid(self._module(holder))  # type: ignore[arg-type]
-        clamp = holder.args[0] if holder.args[0] is not node else None  # the lone ReLU/ReLU6 between them
+        if grid.get("sign") and not sign_ok:
+            raise ValueError(f"lower: a sign edge ({holder.name}) after {self._describe(node)} is not supported; "
+                             "put sign edges after layers")
+        clamp = holder.args[0] if holder.args[0] is not node else None  # the lone ReLU/ReLU6/Hardtanh between them
         if clamp is not None:
-            grid["qmin"] = max(grid["qmin"], grid["zero_point"])
-            if self._is(clamp, _RELU6):
-                grid["qmax"] = min(grid["qmax"], grid["zero_point"] + round(6.0 / grid["scale"]))
+            low, high = self._clamp_range(clamp)
+            if grid.get("sign"):  # sign(clamp(v)) = sign(v) when the clamp keeps 0 inside
+                if not low < 0 <= high:
+                    raise ValueError(f"lower: {self._describe(clamp)} before the sign edge {holder.name} makes every "
+                                     "code +1; binary networks use Hardtanh")
+            else:
+                grid["qmin"] = max(grid["qmin"], grid["zero_point"] + self._code(low, grid))
+                grid["qmax"] = min(grid["qmax"], grid["zero_point"] + self._code(high, grid))
             self.absorbed.add(clamp)
         self.absorbed.add(holder)
         return grid, holder
@@ -141,7 +157,10 @@ class _Lowering:
         if isinstance(layer, QuantConv):
             op.update(stride=list(layer.stride), padding=list(layer.padding), dilation=list(layer.dilation),
                       groups=layer.groups)
-        grid, holder = self._output_grid(node)
+        bit_kernel = bit_kernel_of(layer.weight_q, layer.weight_zero_point, grid_in)
+        if bit_kernel is not None and (isinstance(layer, QuantLinear) or layer.dims == 2):
+            op["bit_kernel"] = bit_kernel  # the fast runner multiplies packed bits (lowbit.engine.bits)
+        grid, holder = self._output_grid(node, sign_ok=True)
         op["out"] = grid
         self._emit(op, node, grid, holder)
 
@@ -174,10 +193,35 @@ class _Lowering:
               "out": grid}
         self._emit(op, node, grid, holder)
 
+    def _clamp_range(self, node: fx.Node) -> tuple[float, float]:
+        """The float interval a ReLU, ReLU6 or Hardtanh clamps to."""
+        if self._is(node, _RELU):
+            return 0.0, float("inf")
+        if self._is(node, _RELU6):
+            return 0.0, 6.0
+        module = self._module(node)
+        if module is not None:
+            return float(module.min_val), float(module.max_val)  # type: ignore[union-attr]
+        low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+        high = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+        return float(low), float(high)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _code(value: float, grid: dict[str, Any]) -> int:
+        """``round(value / scale)`` (a clamp bound on the grid; infinite bounds stay outside it)."""
+        if value == float("inf"):
+            return grid["qmax"] - grid["zero_point"]
+        if value == float("-inf"):
+            return grid["qmin"] - grid["zero_point"]
+        return round(value / grid["scale"])
+
+    def _is_clamp(self, node: fx.Node) -> bool:
+        return self._is(node, _RELU) or self._is(node, _RELU6) or self._is(node, _HARDTANH)
+
     def _quantized_next(self, node: fx.Node) -> fx.Node | None:
-        """The frozen quantizer ``node`` feeds (through a lone ReLU/ReLU6), without absorbing it."""
+        """The frozen quantizer ``node`` feeds (through a lone ReLU/ReLU6/Hardtanh), without absorbing it."""
         users = list(node.users)
-        if len(users) == 1 and (self._is(users[0], _RELU) or self._is(users[0], _RELU6)):
+        if len(users) == 1 and self._is_clamp(users[0]):
             users = list(users[0].users)
         quantizer = self._module(users[0]) if len(users) == 1 else None
         if isinstance(quantizer, ActivationQuantizer) and quantizer.frozen and not (quantizer.bypass or
@@ -285,6 +329,9 @@ class _Lowering:
         if quantizer.dynamic or not quantizer.frozen:
             raise ValueError(f"lower needs frozen static activation quantizers; {quantizer.label} is "
                              f"{'dynamic' if quantizer.dynamic else 'not calibrated'}")
+        if isinstance(quantizer, SignQuantizer) and source["grid"] is not None and source["grid"].get("sign"):
+            self.values[node] = source  # already signs (e.g. a sign edge after max pooling of signs)
+            return
         if source["grid"] is not None:
             raise ValueError(f"lower: {quantizer.label} re-quantizes codes; not supported")
         grid = _grid(quantizer)
@@ -330,7 +377,7 @@ class _Lowering:
                 self.pool(node, module)
             elif isinstance(module, nn.MaxPool2d) or (node.op == "call_function" and node.target is F.max_pool2d):
                 self.maxpool(node, module)
-            elif self._is(node, _RELU) or self._is(node, _RELU6):
+            elif self._is_clamp(node):
                 self.relu(node)
             elif isinstance(module, _PASS_MODULES):
                 self.same_grid(node, None)
@@ -360,15 +407,23 @@ class _Lowering:
             self.same_grid(node, {"op": "maxpool", **params})
 
     def relu(self, node: fx.Node) -> None:
+        """ReLU, ReLU6 or Hardtanh: a clamp of codes (a float island on float values)."""
         source = self.values[node.args[0]]
         grid = source["grid"]
+        low, high = self._clamp_range(node)
         if grid is None:
-            self.island(node, "relu6" if self._is(node, _RELU6) else "relu")
+            if self._is(node, _HARDTANH):
+                self.island(node, "hardtanh", {"min_val": low, "max_val": high})
+            else:
+                self.island(node, "relu6" if self._is(node, _RELU6) else "relu")
             return
-        high = grid["qmax"]
-        if self._is(node, _RELU6):
-            high = min(high, grid["zero_point"] + round(6.0 / grid["scale"]))
-        self.same_grid(node, {"op": "clamp", "min": max(grid["qmin"], grid["zero_point"]), "max": high})
+        if grid.get("sign"):
+            if not low < 0 <= high:
+                raise ValueError(f"lower: {self._describe(node)} on signs is not a sign")
+            self.same_grid(node, None)  # a clamp keeping 0 inside leaves ±1 codes as they are
+            return
+        self.same_grid(node, {"op": "clamp", "min": max(grid["qmin"], grid["zero_point"] + self._code(low, grid)),
+                              "max": min(grid["qmax"], grid["zero_point"] + self._code(high, grid))})
 
 
 def lower(qmodel: nn.Module, example_inputs: torch.Tensor | tuple, mode: Requant = Requant.FLOAT) -> Program:

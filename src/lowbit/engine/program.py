@@ -72,6 +72,8 @@ class Program:
         kind, t, mode = op["op"], self.tensors, self.mode
         x = env[op["x"]] if "x" in op else None
         out = op.get("out")
+        if kind == "quantize" and out.get("sign"):  # a sign edge: 0 ↦ +1
+            return torch.where(x >= 0, 1, -1).to(torch.int32)
         if kind == "quantize":  # float → codes, true division and half-to-even as QuantizeLinear
             q = torch.round(x / torch.tensor(out["scale"], dtype=torch.float32)) + out["zero_point"]
             return torch.clamp(q, out["qmin"], out["qmax"]).to(torch.int32)
@@ -92,6 +94,8 @@ class Program:
             w_scale = t[op["weight_scale"]].reshape([1, -1] + [1] * (acc.dim() - 2) if kind == "conv" else [-1])
             if out is None:  # a float output: the accumulator dequantized, never re-quantized
                 return acc.to(torch.float32) * K.float_multiplier(op["in_scale"], w_scale)
+            if out.get("sign"):  # a sign edge: +1 where the value acc·s_x·s_w (s > 0) is >= 0
+                return torch.where(acc >= 0, 1, -1).to(torch.int32)
             multiplier = K.float_multiplier(op["in_scale"], w_scale, divide_by=out["scale"])
             return K.requantize(acc, multiplier, out["zero_point"], out["qmin"], out["qmax"], mode)
         if kind == "add":

@@ -1,7 +1,7 @@
 """Where activation quantizers go in a traced graph: every tensor edge that integer hardware would hold as codes.
 
 Rule (static mode): a tensor is quantized once, right after its producer, when it is the output of a quantized
-layer or of a join (residual add, concat) — after a ReLU/ReLU6 that is its only user, fused as a clamp — or of a
+layer or of a join (residual add, concat) — after a ReLU/ReLU6/Hardtanh that is its only user, fused as a clamp — or of a
 re-quantizing op (average pooling, GELU, …), or the input of a quantized layer or join that is not yet on
 an integer grid. Ops that keep values on the grid they received (max pooling, ReLU, flatten, reshape) pass the
 qparams through and get no quantizer of their own. Dynamic mode quantizes only the inputs of quantized layers.
@@ -19,17 +19,19 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 from lowbit.nn.activation import ActivationQuantizer
+from lowbit.nn.binary_quant import SignActivationQuantizer, SignQuantizer
 from lowbit.nn.layers import QuantConv, QuantLinear
 from lowbit.nn.qat_layers import QATLayer
 
-__all__ = ["Placement", "place_quantizers", "keeps_grid", "input_scales", "feeding_modules"]
+__all__ = ["Placement", "place_quantizers", "keeps_grid", "input_scales", "feeding_modules", "mark_sign_outputs"]
 
 QUANT_LAYERS = (QuantLinear, QuantConv, QATLayer)  # QAT layers sit where their quantized form will
-_FUSABLE_MODULES = (nn.ReLU, nn.ReLU6)
-_FUSABLE_FUNCTIONS = {F.relu, F.relu6, torch.relu}
+# clamps: ReLU, ReLU6 and Hardtanh (the binary networks' activation) of codes are clamped codes
+_FUSABLE_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+_FUSABLE_FUNCTIONS = {F.relu, F.relu6, torch.relu, F.hardtanh}
 # keep the codes' grid: max/relu/reshape of codes are codes with the same scale and zero point
-_GRID_MODULES = (nn.ReLU, nn.ReLU6, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Identity, nn.Dropout)
-_GRID_FUNCTIONS = {F.relu, F.relu6, torch.relu, torch.flatten, torch.reshape, F.max_pool1d, F.max_pool2d,
+_GRID_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Identity, nn.Dropout)
+_GRID_FUNCTIONS = {F.relu, F.relu6, torch.relu, F.hardtanh, torch.flatten, torch.reshape, F.max_pool1d, F.max_pool2d,
                    operator.getitem}
 _GRID_METHODS = {"view", "reshape", "flatten", "relu", "contiguous", "permute", "transpose", "squeeze", "unsqueeze",
                  "size"}
@@ -164,6 +166,25 @@ def feeding_modules(gm: fx.GraphModule) -> dict[str, nn.Module]:
         if isinstance(source, fx.Node) and source.op == "call_module":
             found[str(node.target)] = modules[source.target]
     return found
+
+
+def mark_sign_outputs(gm: fx.GraphModule) -> int:
+    """Set ``sign_output`` on every quantized layer whose output reaches a sign edge (through clamps and other
+    grid-keeping ops): it then computes its eval output from the exact integer accumulator, so the sign of a
+    zero is the engine's. Returns how many layers were marked."""
+    modules = dict(gm.named_modules())
+    marked = 0
+    for node in gm.graph.nodes:
+        edge = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(edge, (SignQuantizer, SignActivationQuantizer)):
+            continue
+        source = node.args[0]
+        while isinstance(source, fx.Node) and keeps_grid(source, modules):
+            source = source.args[0]
+        if isinstance(source, fx.Node) and _is_quant_layer(source, modules):
+            modules[source.target].sign_output = True
+            marked += 1
+    return marked
 
 
 def input_scales(model: nn.Module) -> dict[str, float]:

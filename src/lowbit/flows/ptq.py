@@ -31,7 +31,7 @@ import torch
 from torch import fx, nn
 
 from lowbit.analysis.evaluation import call
-from lowbit.flows.placement import input_scales, place_quantizers
+from lowbit.flows.placement import input_scales, mark_sign_outputs, place_quantizers
 from lowbit.nn.activation import ActivationQuantizer
 from lowbit.nn.cast import CastModel
 from lowbit.nn.layers import QuantConv, QuantLinear, WeightObserver
@@ -237,6 +237,8 @@ def bind_accumulator_bias(model: nn.Module) -> None:
     for name, module in model.named_modules():
         if isinstance(module, (QuantConv, QuantLinear)):
             module.bind_input_scale(scales.get(name))
+    if isinstance(model, fx.GraphModule):
+        mark_sign_outputs(model)
 
 
 def _describe(batch: Any) -> str:

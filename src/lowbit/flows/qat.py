@@ -41,8 +41,17 @@ from lowbit.flows.ptq import (
     bind_accumulator_bias,
     progress_bar,
 )
-from lowbit.flows.placement import feeding_modules
-from lowbit.flows.qat_config import QATConfig
+from lowbit.flows.placement import feeding_modules, keeps_grid, mark_sign_outputs
+from lowbit.flows.qat_config import BINARY_KINDS, QATConfig
+from lowbit.nn.binary_quant import (
+    BinaryWeightQuantizer,
+    FiveLevelWeightQuantizer,
+    SignActivationQuantizer,
+    SignQuantizer,
+    TernaryWeightQuantizer,
+    TTQWeightQuantizer,
+    clip_latent_weights,
+)
 from lowbit.nn.fake_quant import (
     ActivationFakeQuantizer,
     DoReFaActivationQuantizer,
@@ -61,10 +70,21 @@ from lowbit.spec import PerTensor, QuantSpec
 from lowbit.transforms.fold_bn import fold_bn_into, modules_called_once, replace_module
 
 __all__ = ["QATConfig", "prepare", "initialize", "convert", "freeze_bn", "set_bits", "enable", "regularization",
-           "QuantizerKind"]
+           "QuantizerKind", "clip_latent_weights"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
-def _weight_quantizer(kind: QuantizerKind, spec: QuantSpec, weight: torch.Tensor) -> WeightFakeQuantizer:
+def _weight_quantizer(kind: QuantizerKind, spec: QuantSpec, weight: torch.Tensor, config: QATConfig,
+                      ) -> WeightFakeQuantizer:
+    if kind is QuantizerKind.BNN:
+        return BinaryWeightQuantizer(scaled=False, stochastic=config.stochastic)
+    if kind in (QuantizerKind.XNOR, QuantizerKind.BWN):
+        return BinaryWeightQuantizer(scaled=True)
+    if kind is QuantizerKind.TWN:
+        return TernaryWeightQuantizer()
+    if kind is QuantizerKind.FIVE_LEVEL:
+        return FiveLevelWeightQuantizer()
+    if kind is QuantizerKind.TTQ:
+        return TTQWeightQuantizer(weight)
     if kind is QuantizerKind.LSQ:
         return LSQWeightQuantizer(spec, weight)
     if kind is QuantizerKind.DOREFA:
@@ -77,6 +97,9 @@ def _activation_factory(config: QATConfig) -> Callable[..., nn.Module]:
         spec = spec or recipe.activation
         assert spec is not None
         kind = config.activation_quantizer
+        if kind is QuantizerKind.SIGN:  # binary edges; the 8-bit edges of first and last layers observe ranges
+            return SignActivationQuantizer(spec, label) if spec.bits <= 2 else STEActivationQuantizer(
+                spec, label, config.momentum)
         if kind is QuantizerKind.LSQ:
             return LSQActivationQuantizer(spec, label)
         if kind is QuantizerKind.PACT:
@@ -119,7 +142,7 @@ def _check_recipe(recipe: Recipe, config: QATConfig) -> None:
 def _check_edge_spec(spec: QuantSpec | None, config: QATConfig, where: str) -> None:
     """LSQ, PACT and DoReFa grids are stored as an asymmetric, full-range, per-tensor grid with an integer zero
     point; other activation specs cannot hold them."""
-    if spec is None or config.activation_quantizer is QuantizerKind.STE:
+    if spec is None or config.activation_quantizer in (QuantizerKind.STE, QuantizerKind.SIGN):
         return
     if spec.symmetric or spec.narrow_range or not isinstance(spec.granularity, PerTensor):
         raise ValueError(f"{where}: {config.activation_quantizer.value} activations need an asymmetric per-tensor "
@@ -127,15 +150,19 @@ def _check_edge_spec(spec: QuantSpec | None, config: QATConfig, where: str) -> N
                          f"got {spec!r}")
 
 
-def prepare(model: nn.Module, recipe: str | Recipe = "w4a4", quantizer: str | QuantizerKind | QATConfig = "lsq", *,
+def prepare(model: nn.Module, recipe: str | Recipe | None = None, quantizer: str | QuantizerKind | QATConfig = "lsq", *,
             calibration: Iterable[Any] | None = None, inplace: bool = False, progress: bool = False,
             ) -> fx.GraphModule:
     """A trainable copy of ``model`` with fake quantizers for ``recipe``, initialised from ``calibration``.
 
     Args:
         model: a trained float model (traceable by ``torch.fx``).
-        recipe: a preset (``"w4a4"``, ``"w2a2"``, …), a recipe file or a :class:`Recipe` (static or weight-only).
-        quantizer: ``"ste"``, ``"lsq"``, ``"pact"``, ``"dorefa"`` or a :class:`QATConfig`.
+        recipe: a preset (``"w4a4"``, ``"w2a2"``, …), a recipe file or a :class:`Recipe` (static or weight-only);
+            None: the quantizer's default (:meth:`QATConfig.default_recipe`: ``w4a4``, or binary/ternary weights
+            with 8-bit first and last layers).
+        quantizer: ``"ste"``, ``"lsq"``, ``"pact"``, ``"dorefa"``, a binary/ternary rule (``"bnn"``, ``"xnor"``,
+            ``"bwn"``, ``"twn"``, ``"ttq"``, ``"five-level"``; :mod:`lowbit.nn.binary_quant`) or a
+            :class:`QATConfig`.
         calibration: batches that initialise the activation quantizers (LSQ steps, PACT clips, STE ranges).
         inplace: reuse ``model``'s memory (it is then changed).
         progress: a progress bar while initialising.
@@ -146,8 +173,8 @@ def prepare(model: nn.Module, recipe: str | Recipe = "w4a4", quantizer: str | Qu
     Raises:
         ValueError: a recipe QAT cannot train, an untraceable model, or a static recipe without calibration.
     """
-    recipe = load_recipe(recipe)
     config = quantizer if isinstance(quantizer, QATConfig) else QATConfig.for_quantizer(quantizer)
+    recipe = config.default_recipe() if recipe is None else load_recipe(recipe)
     _check_recipe(recipe, config)
     if recipe.mode is Mode.STATIC and calibration is None:
         raise ValueError(f"recipe {recipe.name!r} is static: pass calibration=batches to initialise the activation "
@@ -179,11 +206,11 @@ def prepare(model: nn.Module, recipe: str | Recipe = "w4a4", quantizer: str | Qu
         if bn is not None:  # LSQ starts from the folded weight it will quantize (DoReFa ignores the start)
             start = fold_bn_into(layer, bn).weight.detach()
         kind = config.weight_quantizer
-        if kind is QuantizerKind.DOREFA and spec.bits >= 8:
-            # DoReFa keeps first and last layers out of its low-bit rule; at 8 bits the min/max grid serves them
-            # (a DoReFa 8-bit weight would need a 9-bit grid)
+        if (kind is QuantizerKind.DOREFA and spec.bits >= 8) or (kind in BINARY_KINDS and spec.bits > 3):
+            # DoReFa and the binary rules keep first and last layers out of their low-bit rule; at 8 bits the
+            # min/max grid serves them (a DoReFa 8-bit weight would need a 9-bit grid)
             kind = QuantizerKind.STE
-        weight_quantizer = _weight_quantizer(kind, spec, start)
+        weight_quantizer = _weight_quantizer(kind, spec, layer.weight if kind in BINARY_KINDS else start, config)
         replace_module(gm, name, QATLayer(layer, weight_quantizer, bn, config.gradient_bits))
         if bn_node is not None:
             bn_node.replace_all_uses_with(bn_node.args[0])
@@ -195,7 +222,12 @@ def prepare(model: nn.Module, recipe: str | Recipe = "w4a4", quantizer: str | Qu
     gm.recompile()
     if recipe.mode is Mode.STATIC:
         _insert_quantizers(gm, recipe, summary, quantized, make=_activation_factory(config))
+        if config.activation_quantizer is QuantizerKind.SIGN:
+            _sign_binary_inputs(gm)
+            mark_sign_outputs(gm)
         _bind_input_quantizers(gm)
+        if config.weight_quantizer is QuantizerKind.XNOR:
+            _wire_input_scale_maps(gm)
         initialize(gm, calibration or [], progress)
     gm.lowbit_recipe = recipe  # type: ignore[assignment]
     gm.lowbit_qat = config  # type: ignore[assignment]
@@ -211,6 +243,43 @@ def _bind_input_quantizers(gm: fx.GraphModule) -> None:
         if isinstance(layer, QATLayer):
             quantizer = feeding.get(name)
             layer.bind_input_quantizer(quantizer if isinstance(quantizer, ActivationFakeQuantizer) else None)
+
+
+def _sign_binary_inputs(gm: fx.GraphModule) -> None:
+    """Every layer with binary or ternary weights reads signs (BNN): an edge PTQ's rule gave the 8-bit grid of the
+    8-bit first layer that produces it becomes a sign edge (the last layer still reads the signs it is fed)."""
+    names = {id(m): n for n, m in gm.named_modules()}
+    for name, source in feeding_modules(gm).items():
+        layer = gm.get_submodule(name)
+        binary = isinstance(layer, QATLayer) and layer.weight_quantizer.spec.bits <= 3
+        if binary and isinstance(source, ActivationFakeQuantizer) and not isinstance(source, SignActivationQuantizer):
+            replace_module(gm, names[id(source)], SignActivationQuantizer(label=source.label))
+
+
+def _wire_input_scale_maps(gm: fx.GraphModule) -> None:
+    """XNOR-Net: a binary layer fed by a sign edge also reads that edge's real input, for its scale map ``K``."""
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        layer = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(layer, QATLayer) or not isinstance(layer.weight_quantizer, BinaryWeightQuantizer):
+            continue
+        chain, source = [], node.args[0]
+        while isinstance(source, fx.Node) and keeps_grid(source, modules):  # e.g. max pooling after the sign
+            chain.append(source)
+            source = source.args[0]
+        edge = modules.get(source.target) if isinstance(source, fx.Node) and source.op == "call_module" else None
+        if not isinstance(edge, SignActivationQuantizer):
+            continue
+        layer.use_input_scale_map()
+        # the real values at the layer's input: the same grid-keeping ops applied before the sign (max pooling
+        # and sign commute, so the binary path is unchanged)
+        real = source.args[0]
+        with gm.graph.inserting_before(node):
+            for op in reversed(chain):
+                real = gm.graph.node_copy(op, lambda arg, op=op, real=real: real if arg is op.args[0] else arg)
+        node.args = (node.args[0], real)
+    gm.graph.lint()
+    gm.recompile()
 
 
 def _activation_quantizers(model: nn.Module) -> list[ActivationFakeQuantizer]:
@@ -376,6 +445,9 @@ def convert(model: nn.Module) -> fx.GraphModule:
     edges = _activation_quantizers(work)
     names = {id(m): n for n, m in work.named_modules()}
     for q in edges:
+        if isinstance(q, SignActivationQuantizer):
+            replace_module(work, names[id(q)], SignQuantizer(q.label))
+            continue
         frozen_edge = _activation_quantizer(recipe, q.spec, q.label)
         if not bool(q.initialized) or not q.enabled:  # no tensor reached it: passes values through, as in PTQ
             frozen_edge.bypass = True

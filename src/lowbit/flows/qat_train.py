@@ -34,7 +34,7 @@ from torch import distributed as dist
 from torch import nn
 
 from lowbit.analysis.evaluation import accuracy
-from lowbit.flows.qat import freeze_bn, regularization
+from lowbit.flows.qat import clip_latent_weights, freeze_bn, regularization
 from lowbit.flows.qat_schedule import Schedule, TwoStage
 
 __all__ = ["fit", "FitResult", "save_checkpoint", "load_checkpoint"]
@@ -142,6 +142,7 @@ def fit(model: nn.Module, train_data: Any, epochs: int = 1, *, optimizer: torch.
                 loss = loss_fn(net(inputs), targets)
                 (loss + regularization(model)).backward()
                 optimizer.step()
+                clip_latent_weights(model)  # BinaryConnect: latent binary weights stay in [−1, 1]
                 if scheduler is not None:
                     scheduler.step()
                 step += 1

@@ -7,6 +7,8 @@
 - TWN: ``Δ = 0.7·mean|W|``, codes ``{−1, 0, +1}`` (``|w| > Δ``), ``α = mean(|W| where |W| > Δ)``.
 - TTQ: codes by a threshold ``t·max|W|`` and two learned scales, ``W_p`` for positive codes and ``W_n`` for
   negative ones; the latent weights' gradient is scaled by ``W_p``, 1 and ``W_n`` on the three parts.
+- Five levels ``{−2, −1, 0, 1, 2}·α``: thresholds ``α/2`` and ``3α/2`` (nearest level) and ``α = Σ|w||t| / Σt²``,
+  alternated to a fixed point (docs/math.md B6).
 
 Example:
     >>> import torch
@@ -22,7 +24,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-__all__ = ["binarize", "xnor_weight_scale", "xnor_input_scale", "twn_threshold", "twn_ternarize", "ttq_quantize"]
+__all__ = ["binarize", "xnor_weight_scale", "xnor_input_scale", "twn_threshold", "twn_ternarize", "ttq_quantize",
+           "five_level_quantize", "xnor_row_scale"]
 
 TWN_THRESHOLD_FACTOR = 0.7  # Li & Liu 2016: Δ* ≈ 0.7·E|W| for uniform or normal weights
 
@@ -137,3 +140,57 @@ def ttq_quantize(w: torch.Tensor, wp: torch.Tensor, wn: torch.Tensor, threshold:
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"ttq_quantize threshold must be in [0, 1), got {threshold!r}")
     return _TrainedTernary.apply(w, wp, wn, threshold)
+
+
+def xnor_row_scale(x: torch.Tensor) -> torch.Tensor:
+    """XNOR-Net's input scale for a fully connected layer: ``K = mean|x|`` over the features of each row
+    (``[..., 1]``), the 1-D case of :func:`xnor_input_scale` (a box kernel covering the whole input).
+
+    Example:
+        >>> xnor_row_scale(torch.tensor([[1.0, -3.0], [0.0, 2.0]])).flatten().tolist()
+        [2.0, 1.0]
+    """
+    return x.abs().mean(dim=-1, keepdim=True)
+
+
+FIVE_LEVEL_ITERATIONS = 30
+
+
+def five_level_quantize(w: torch.Tensor, per_channel: bool = False,
+                        iterations: int = FIVE_LEVEL_ITERATIONS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes ``{−2, −1, 0, 1, 2}`` and the scale ``α`` minimising ``‖W − α·T‖²`` (docs/math.md B6).
+
+    For a fixed ``α`` the best codes are the nearest levels (thresholds ``α/2`` and ``3α/2``); for fixed codes the
+    best ``α = Σ|w|·|t| / Σt²``. Starting from ``α = mean|W|`` the two steps alternate; each can only lower the
+    error, so it settles on a fixed point (in a few steps for normal or uniform weights).
+
+    Args:
+        per_channel: one ``α`` per output channel (dim 0, broadcastable) instead of one per tensor.
+        iterations: the number of alternations (a cap; it stops earlier once the codes repeat).
+
+    Returns:
+        ``(codes, α)``: codes as floats in ``w``'s dtype; a channel of zeros gets ``α = 0``.
+
+    Example:
+        >>> codes, alpha = five_level_quantize(torch.tensor([[0.1, -1.0, 2.1, 0.9]]))
+        >>> codes.tolist(), round(float(alpha), 3)
+        ([[0.0, -1.0, 2.0, 1.0]], 1.017)
+    """
+    if iterations < 1:
+        raise ValueError(f"five_level_quantize iterations must be >= 1, got {iterations!r}")
+    dims = _channel_dims(w) if per_channel else tuple(range(w.ndim))
+    a = w.detach().abs().to(torch.float64)
+    alpha = a.mean(dim=dims, keepdim=True)
+    levels = None
+    for _ in range(iterations):
+        safe = torch.where(alpha > 0, alpha, torch.ones_like(alpha))
+        new = torch.round(a / safe).clamp(0, 2)  # nearest of 0, α, 2α (half-to-even at α/2 and 3α/2)
+        if levels is not None and torch.equal(new, levels):
+            break
+        levels = new
+        weight = (levels * levels).sum(dim=dims, keepdim=True)
+        alpha = (a * levels).sum(dim=dims, keepdim=True) / weight.clamp(min=1)
+    assert levels is not None
+    codes = (levels * torch.sign(w.detach())).to(w.dtype)
+    alpha = alpha if per_channel else alpha.reshape(())
+    return codes, alpha.to(w.dtype)

@@ -1,4 +1,5 @@
-"""Fast kernels: bit-packed XNOR/popcount products for binary layers (issue #7; more kernels follow).
+"""Fast kernels: bit-packed XOR/popcount products for binary layers, ternary bit-planes, bit-serial and look-up
+table products of low-bit codes (issue #7; more kernels follow).
 
 Example:
     >>> import torch
@@ -8,5 +9,9 @@ Example:
 """
 
 from lowbit.kernels.binary import binary_matmul, pack_signs
+from lowbit.kernels.binary_conv import PackedBinaryWeight, binary_conv2d, pack_conv_weight
+from lowbit.kernels.lut import bitserial_matmul, lut_matmul, pack_codes_bitplanes, pack_nibbles
+from lowbit.kernels.ternary import TernaryPacked, pack_ternary, ternary_matmul
 
-__all__ = ["pack_signs", "binary_matmul"]
+__all__ = ["pack_signs", "binary_matmul", "PackedBinaryWeight", "pack_conv_weight", "binary_conv2d", "TernaryPacked",
+           "pack_ternary", "ternary_matmul", "pack_codes_bitplanes", "bitserial_matmul", "pack_nibbles", "lut_matmul"]

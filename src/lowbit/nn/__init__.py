@@ -9,7 +9,21 @@ Example:
 """
 
 from lowbit.nn.activation import ActivationQuantizer
+from lowbit.nn.binary_layers import (
+    BinaryConv2d,
+    BinaryDense,
+    BinaryLinear,
+    DorefaConv2d,
+    DorefaDense,
+    DorefaLinear,
+    TernaryConv2d,
+    TernaryDense,
+    TernaryLinear,
+)
+from lowbit.nn.binary_quant import SignQuantizer
 from lowbit.nn.layers import QuantConv, QuantLinear, WeightObserver, quantize_weight
 from lowbit.nn.scale import ChannelScale
 
-__all__ = ["ActivationQuantizer", "QuantLinear", "QuantConv", "WeightObserver", "quantize_weight", "ChannelScale"]
+__all__ = ["ActivationQuantizer", "QuantLinear", "QuantConv", "WeightObserver", "quantize_weight", "ChannelScale",
+           "SignQuantizer", "BinaryConv2d", "BinaryLinear", "BinaryDense", "TernaryConv2d", "TernaryLinear",
+           "TernaryDense", "DorefaConv2d", "DorefaLinear", "DorefaDense"]

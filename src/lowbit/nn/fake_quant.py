@@ -42,12 +42,19 @@ _MIN_STEP = 1e-8
 
 
 class QuantizerKind(enum.Enum):
-    """The QAT quantizer families (CATALOG §5)."""
+    """The QAT quantizer families (CATALOG §5) and the binary/ternary rules (§6, :mod:`lowbit.nn.binary_quant`)."""
 
     STE = "ste"
     LSQ = "lsq"
     PACT = "pact"
     DOREFA = "dorefa"
+    BNN = "bnn"  # sign weights, sign activations
+    XNOR = "xnor"  # α·sign weights, sign activations with the input scale map K
+    BWN = "bwn"  # α·sign weights, activations as the recipe says (none in its default recipe)
+    TWN = "twn"
+    TTQ = "ttq"
+    FIVE_LEVEL = "five-level"
+    SIGN = "sign"  # the activation rule of BNN and XNOR-Net
 
 
 def _positive(t: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -56,6 +57,31 @@ def quantize_weight(weight: torch.Tensor, spec: QuantSpec, observer: WeightObser
     return quantize(w, qp), qp
 
 
+def accumulator_output(op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, input_scale: float,
+                       codes: torch.Tensor, qp: QParams, bias: torch.Tensor | None) -> torch.Tensor:
+    """A layer's output computed from its integer accumulator, as integer execution computes it:
+    ``(op(x/s_x, q_w − z_w) + bias codes) · s_x·s_w`` with the sums exact in float64.
+
+    A sign edge reads only the sign of this value, so an accumulator of exactly 0 must give exactly 0 (→ +1), which
+    float sums of dequantized products do not guarantee (docs/math.md B7).
+
+    Args:
+        op: the layer's product on float tensors (``F.linear`` or a bound convolution).
+        codes / qp: the weight codes and their per-tensor or per-channel (axis 0) qparams.
+        bias: the float bias (put on the accumulator grid here), or None.
+    """
+    x_codes = torch.round(x.detach().to(torch.float64) / input_scale)
+    shape = [-1] + [1] * (codes.dim() - 1)
+    zero_point = qp.zero_point.to(torch.float64)
+    w = codes.to(torch.float64) - (zero_point.reshape(shape) if zero_point.numel() > 1 else zero_point)
+    acc = op(x_codes, w)
+    step = torch.tensor(input_scale, dtype=torch.float32) * qp.scale.reshape(-1).to(torch.float32)
+    channel = [1, -1] + [1] * (acc.dim() - 2) if codes.dim() > 2 else [-1]
+    if bias is not None:
+        acc = acc + accumulator_bias(bias, input_scale, qp.scale)[0].to(torch.float64).reshape(channel)
+    return (acc * step.to(torch.float64).reshape(channel)).to(x.dtype)
+
+
 class _QuantWeightMixin(nn.Module):
     weight_q: torch.Tensor
     weight_scale: torch.Tensor
@@ -89,6 +115,7 @@ class _QuantWeightMixin(nn.Module):
         keeps the float bias.
         """
         on_grid = None
+        self.input_scale = input_scale
         if input_scale is not None and getattr(self, "bias", None) is not None:
             try:
                 codes, step = accumulator_bias(self.bias, input_scale, self.weight_scale)
@@ -96,6 +123,14 @@ class _QuantWeightMixin(nn.Module):
             except ValueError:
                 on_grid = None
         self.register_buffer("bias_on_grid", on_grid, persistent=False)
+
+    def _exact(self, x: torch.Tensor, op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+        """The accumulator-exact output when this layer feeds a sign edge (``sign_output``) and its input scale is
+        bound; else None."""
+        input_scale = getattr(self, "input_scale", None)
+        if not getattr(self, "sign_output", False) or input_scale is None:
+            return None
+        return accumulator_output(op, x, input_scale, self.weight_q, self.weight_qparams(), getattr(self, "bias", None))
 
     def effective_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
         """The bias the forward adds: on the accumulator grid once bound, else the float bias."""
@@ -130,6 +165,9 @@ class QuantLinear(_QuantWeightMixin):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        exact = self._exact(x, F.linear)
+        if exact is not None:
+            return exact
         return F.linear(x, self.dequantized_weight().to(x.dtype), self.effective_bias(x.dtype))
 
     def extra_repr(self) -> str:
@@ -161,6 +199,9 @@ class QuantConv(_QuantWeightMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = F.conv1d if self.dims == 1 else F.conv2d
+        exact = self._exact(x, lambda x_, w_: conv(x_, w_, None, self.stride, self.padding, self.dilation, self.groups))
+        if exact is not None:
+            return exact
         return conv(x, self.dequantized_weight().to(x.dtype), self.effective_bias(x.dtype), self.stride, self.padding, self.dilation,
                     self.groups)
 

@@ -28,16 +28,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from lowbit.functional.affine import accumulator_bias
+from lowbit.functional.binary import xnor_input_scale, xnor_row_scale
 from lowbit.functional.dorefa import quantize_gradient_ste
 from lowbit.functional.ste import masked_ste
 from lowbit.nn.fake_quant import WeightFakeQuantizer
-from lowbit.nn.layers import QuantConv, QuantLinear
+from lowbit.nn.layers import QuantConv, QuantLinear, accumulator_output
 from lowbit.spec import PerChannel, QParams
 
 __all__ = ["QATLayer"]
@@ -79,6 +81,8 @@ class QATLayer(nn.Module):
         self.bn = None if bn is None else copy.deepcopy(bn)
         self.gradient_bits = gradient_bits
         self.register_buffer("bn_frozen", torch.tensor(False))
+        self.input_scale_map = False  # XNOR-Net's K: set by prepare, read from forward's scale_source
+        self.sign_output = False  # feeds a sign edge: eval output from the exact accumulator (set by prepare)
         self.bind_input_quantizer(None)
 
     def bind_input_quantizer(self, quantizer: nn.Module | None) -> None:
@@ -99,11 +103,34 @@ class QATLayer(nn.Module):
             return bias
         return masked_ste(bias, (codes.to(torch.float32) * step).to(bias.dtype))
 
-    def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, k: torch.Tensor | None = None,
+            ) -> torch.Tensor:
         if self.kind == "linear":
-            return F.linear(x, w, b)
-        conv = F.conv1d if self.kind == "conv1d" else F.conv2d
-        return conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+            y = F.linear(x, w, None if k is not None else b)
+        else:
+            conv = F.conv1d if self.kind == "conv1d" else F.conv2d
+            y = conv(x, w, None if k is not None else b, self.stride, self.padding, self.dilation, self.groups)
+        if k is None:
+            return y
+        y = y * k  # XNOR-Net: the binary product scaled by K at each output position
+        return y if b is None else y + self._channel_view(b, y.ndim, 1 if self.kind != "linear" else y.ndim - 1)
+
+    def input_scale(self, source: torch.Tensor) -> torch.Tensor:
+        """XNOR-Net's ``K`` for the real input ``source`` of this layer (before binarisation): the box-filtered
+        channel mean of ``|source|`` for a 2-D convolution, the row mean for a linear layer."""
+        if self.kind == "linear":
+            return xnor_row_scale(source)
+        return xnor_input_scale(source, self.kernel_size, self.stride, self.padding)
+
+    def use_input_scale_map(self) -> None:
+        """Scale outputs by XNOR-Net's ``K`` of the ``scale_source`` passed to :meth:`forward`.
+
+        Raises:
+            ValueError: a Conv1d, or a dilated or grouped convolution (XNOR-Net defines K for plain ones).
+        """
+        if self.kind == "conv1d" or (self.kind == "conv2d" and (self.dilation != (1, 1) or self.groups != 1)):
+            raise ValueError(f"XNOR-Net's input scale map needs a plain Linear or Conv2d, got {self.extra_repr()}")
+        self.input_scale_map = True
 
     def _channel_view(self, t: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
         return t.reshape([-1 if d == dim else 1 for d in range(ndim)])
@@ -125,12 +152,15 @@ class QATLayer(nn.Module):
         """Use the running statistics from now on (and stop updating them)."""
         self.bn_frozen.fill_(True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale_source: torch.Tensor | None = None) -> torch.Tensor:
+        """``scale_source``: the real input before binarisation, for XNOR-Net's ``K`` (when ``input_scale_map``)."""
+        k = self.input_scale(scale_source) if self.input_scale_map and scale_source is not None else None
+        op = functools.partial(self._op, k=k)
         quantize = self.weight_quantizer
         on = quantize.enabled
         if self.bn is None:
             bias = self._on_grid(self.bias, quantize.scale(self.weight)) if on else self.bias
-            y = self._op(x, quantize(self.weight), bias)
+            y = op(x, quantize(self.weight), bias)
         else:
             batch_stats = self.training and not bool(self.bn_frozen)
             factor = self._factor()
@@ -138,32 +168,46 @@ class QATLayer(nn.Module):
             if quantize.scale_invariant:
                 w_q = quantize(self.weight)
                 if batch_stats:
-                    y = self.bn(self._op(x, w_q, self.bias))
+                    y = self.bn(op(x, w_q, self.bias))
                 else:
                     bias, folded = self._folded_bias(factor), w_q * weight_view
                     if on:
                         step = quantize.scale(self.weight)
                         bias = self._on_grid(bias, self._invariant_scale(step, factor))
                         # the converted layer's values: ±codes · (step·|f|) per channel, bit for bit
-                        codes = torch.round(w_q.detach() / step.to(w_q.dtype))
+                        step_view = step if step.numel() == 1 else self._channel_view(step, w_q.ndim, 0)
+                        codes = torch.round(w_q.detach() / step_view.to(w_q.dtype))
                         signed = codes * self._channel_view(torch.sign(factor.detach()), codes.ndim, 0)
                         exact = signed * self._channel_view(self._invariant_scale(step, factor), codes.ndim, 0)
                         folded = masked_ste(folded, exact.to(folded.dtype))
-                    y = self._op(x, folded, bias)
+                    y = op(x, folded, bias)
             else:
                 w_fold = self.weight * weight_view
                 w_q = quantize(w_fold)
                 if batch_stats:
                     # a channel with γ = 0 has a zero folded weight and outputs β: divide it by 1, not 0
                     safe = torch.where(factor == 0, torch.ones_like(factor), factor)
-                    y = self._op(x, w_q, None) / self._channel_view(safe, x.ndim, 1)
+                    y = op(x, w_q, None) / self._channel_view(safe, x.ndim, 1)
                     if self.bias is not None:
                         y = y + self._channel_view(self.bias, y.ndim, 1)
                     y = self.bn(y)  # batch statistics; updates the running ones
                 else:
                     bias = self._folded_bias(factor)
-                    y = self._op(x, w_q, self._on_grid(bias, quantize.scale(w_fold.detach())) if on else bias)
+                    y = op(x, w_q, self._on_grid(bias, quantize.scale(w_fold.detach())) if on else bias)
+        if self.sign_output and on and k is None and not (self.training and not bool(self.bn_frozen)):
+            y = self._accumulator_exact(x, y)
         return y if self.gradient_bits is None else quantize_gradient_ste(y, self.gradient_bits)
+
+    def _accumulator_exact(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``y`` with its forward value from the integer accumulator of the converted layer (a sign edge reads it:
+        an exact 0 must stay 0); the gradient still flows through ``y``."""
+        quantizer = self.__dict__.get("_input_quantizer")
+        input_step = quantizer.current_step() if quantizer is not None else None
+        if input_step is None:
+            return y
+        codes, qp, bias = self.export()
+        exact = accumulator_output(lambda a, w: self._op(a, w, None), x, input_step, codes, qp, bias)
+        return masked_ste(y, exact.to(y.dtype))
 
     @torch.no_grad()
     def export(self) -> tuple[torch.Tensor, QParams, torch.Tensor | None]:
@@ -192,7 +236,14 @@ class QATLayer(nn.Module):
         return scale.clamp(min=torch.finfo(torch.float32).tiny).reshape(-1)  # γ = 0: a zero channel, a valid scale
 
     def to_quantized(self) -> QuantLinear | QuantConv:
-        """The frozen layer with integer weights that computes what eval mode computes."""
+        """The frozen layer with integer weights that computes what eval mode computes.
+
+        Raises:
+            ValueError: an XNOR-Net layer (its ``K`` is a float per-position multiplier integer layers do not carry).
+        """
+        if self.input_scale_map:
+            raise ValueError("an XNOR-Net layer scales its output by the float input map K at every position; integer "
+                             "layers cannot hold it — evaluate the trained model in eval mode, or train 'bnn'/'bwn'")
         codes, qp, bias = self.export()
         out_features = self.weight.shape[0]
         if self.kind == "linear":
@@ -208,5 +259,7 @@ class QATLayer(nn.Module):
 
     def extra_repr(self) -> str:
         grad = f", gradient_bits={self.gradient_bits}" if self.gradient_bits else ""
-        return f"{self.kind}, weight={tuple(self.weight.shape)}, bn={'folded' if self.bn is not None else 'none'}{grad}"
+        scale_map = ", input scale map K" if self.input_scale_map else ""
+        return (f"{self.kind}, weight={tuple(self.weight.shape)}, bn={'folded' if self.bn is not None else 'none'}"
+                f"{grad}{scale_map}")
 
