@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["build", "MODEL_NAMES", "ResNet20", "MobileNetV2Small"]
+__all__ = ["build", "MODEL_NAMES", "ResNet20", "MobileNetV2Small", "BINARY_BUILDERS", "bnn_mlp", "bnn_cnn"]
 
 
 def _mlp() -> nn.Module:
@@ -130,6 +130,40 @@ class MobileNetV2Small(nn.Module):
         return self.classifier(self.flatten(self.pool(self.head(self.features(self.stem(x))))))
 
 
+def _binary_block(layer: nn.Module, width: int, conv: bool) -> list[nn.Module]:
+    # BN then Hardtanh after every hidden layer: the BN folds into the layer, and the sign edge a binary network
+    # puts after the Hardtanh sees sign(BN(y)) (BNN's block); the fp32 twin trains with Hardtanh itself
+    return [layer, nn.BatchNorm2d(width) if conv else nn.BatchNorm1d(width), nn.Hardtanh()]
+
+
+def bnn_mlp(hidden: int = 1024, layers: int = 2) -> nn.Module:
+    """BNN's MLP (Courbariaux et al. 2016 use 3 × 4096 on MNIST): ``layers`` hidden layers of ``hidden`` units."""
+    blocks: list[nn.Module] = [nn.Flatten()]
+    width = 784
+    for _ in range(layers):
+        blocks += _binary_block(nn.Linear(width, hidden), hidden, conv=False)
+        width = hidden
+    return nn.Sequential(*blocks, nn.Linear(width, 10))
+
+
+def bnn_cnn(channels: int = 32) -> nn.Module:
+    """A small VGG-style CNN for binary networks: two 3×3 conv pairs of ``channels`` and ``2·channels`` filters
+    with max pooling, a 256-unit hidden layer."""
+    c1, c2 = channels, 2 * channels
+    return nn.Sequential(
+        *_binary_block(nn.Conv2d(1, c1, 3, padding=1), c1, conv=True),
+        *_binary_block(nn.Conv2d(c1, c1, 3, padding=1), c1, conv=True), nn.MaxPool2d(2),
+        *_binary_block(nn.Conv2d(c1, c2, 3, padding=1), c2, conv=True),
+        *_binary_block(nn.Conv2d(c2, c2, 3, padding=1), c2, conv=True), nn.MaxPool2d(2),
+        nn.Flatten(),
+        *_binary_block(nn.Linear(c2 * 49, 256), 256, conv=False),
+        nn.Linear(256, 10),
+    )
+
+
+# architectures for binary/ternary networks (issue #7): no shipped weights — benchmarks/binary_nets.py trains them
+BINARY_BUILDERS: dict[str, Callable[[], nn.Module]] = {"bnn_mlp": bnn_mlp, "bnn_cnn": bnn_cnn}
+
 _BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "mlp": _mlp,
     "lenet5": _lenet5,
@@ -145,6 +179,8 @@ def build(name: str) -> nn.Module:
     Raises:
         ValueError: unknown name, listing the known ones.
     """
+    if name in BINARY_BUILDERS:
+        return BINARY_BUILDERS[name]()
     if name not in _BUILDERS:
-        raise ValueError(f"unknown zoo model {name!r}; known: {', '.join(MODEL_NAMES)}")
+        raise ValueError(f"unknown zoo model {name!r}; known: {', '.join(MODEL_NAMES + tuple(BINARY_BUILDERS))}")
     return _BUILDERS[name]()

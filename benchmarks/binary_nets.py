@@ -1,0 +1,162 @@
+"""Binary and ternary networks on Fashion-MNIST: accuracy against fp32 of the same architecture, and the speed of
+packed inference through the integer engine against fp32 PyTorch.
+
+Accuracy (``--part accuracy``): the zoo's ``bnn_mlp`` (784-1024-1024-10) and ``bnn_cnn`` (32/64-channel VGG-style)
+are trained in fp32 from scratch (Adam, constant lr 10⁻³, batch 128, seed 0), then each rule — BWN, TWN, TTQ, five
+levels (real activations), BNN and XNOR-Net (binary activations) — starts from those fp32 weights through
+``lowbit.qat.prepare`` and trains for the same number of epochs with the same loop. First and last layers stay at
+8 bits (lowbit's default). The accuracy is that of the converted integer model (XNOR-Net: of the trained model in
+eval mode — its input scale map K is a float multiplier no integer layer carries), on the full test set.
+
+Speed (``--part speed``): a BNN is converted and lowered (:func:`lowbit.engine.lower`); the engine's fast runner
+multiplies packed bits (:mod:`lowbit.engine.bits`). Timed against the same architecture in fp32 PyTorch, batch 64,
+median of repeats, at 1 and 2 threads (torch and numba set alike). Weights need not be trained for timing; the
+models are calibrated on real images so the activations are realistic. Architectures: ``bnn_cnn`` at 64 channels,
+``bnn_mlp`` 3 × 4096 (BNN's MNIST MLP).
+
+Writes benchmarks/results/binary_nets_{accuracy,speed}.{json,md}. Run: ``.venv/bin/python benchmarks/binary_nets.py
+[--part accuracy|speed|all] [--epochs E] [--train N]`` (accuracy, 2 epochs: ~20 minutes on 2 cores; speed: ~2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numba
+import torch
+
+from lowbit import qat
+from lowbit.engine import lower
+from lowbit.zoo.data import fashion_mnist
+from lowbit.zoo.models import bnn_cnn, bnn_mlp
+
+RESULTS = Path(__file__).parent / "results"
+LR, BATCH = 1e-3, 128
+RULES = [("BWN (α·sign weights)", "bwn"), ("TWN", "twn"), ("TTQ", "ttq"), ("five levels", "five-level"),
+         ("BNN (W1A1)", "bnn"), ("XNOR-Net (W1A1, α and K)", "xnor")]
+
+
+def accuracy(model, images, labels) -> float:
+    model.eval()
+    with torch.no_grad():
+        predictions = torch.cat([model(images[i : i + 1000]).argmax(1) for i in range(0, len(images), 1000)])
+    return round(100.0 * float((predictions == labels).float().mean()), 2)
+
+
+def _fit(model, train, epochs: int) -> dict:
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)  # constant rate: the same for every row
+    started = time.perf_counter()
+    history = qat.fit(model, train, epochs=epochs, optimizer=optimizer, batch_size=BATCH, seed=0,
+                      progress=False).history
+    return {"seconds": round(time.perf_counter() - started, 1), "final_loss": round(history[-1]["loss"], 4)}
+
+
+def accuracy_part(epochs: int, train_count: int) -> None:
+    images, labels = fashion_mnist("test").tensors
+    train_images, train_labels = fashion_mnist("train").tensors
+    train = (train_images[:train_count], train_labels[:train_count])
+    calibration = [train_images[i : i + 128] for i in range(0, 512, 128)]
+    results = {}
+    for name, build in (("bnn_mlp", bnn_mlp), ("bnn_cnn", bnn_cnn)):
+        torch.manual_seed(0)
+        fp32 = build()
+        row = {"method": "fp32", **_fit(fp32, train, epochs)}
+        row["accuracy"] = accuracy(fp32, images, labels)
+        rows = [row]
+        print(name, json.dumps(row), flush=True)
+        for label, kind in RULES:
+            torch.manual_seed(0)
+            model = qat.prepare(copy.deepcopy(fp32), None, kind, calibration=calibration)
+            row = {"method": label, "rule": kind, **_fit(model, train, epochs)}
+            row["accuracy_fake_quant"] = accuracy(model, images, labels)
+            row["accuracy"] = row["accuracy_fake_quant"] if kind == "xnor" else accuracy(qat.convert(model), images,
+                                                                                          labels)
+            rows.append(row)
+            print(name, json.dumps(row), flush=True)
+        results[name] = rows
+    _write("binary_nets_accuracy", {"epochs": epochs, "train_images": train_count, "lr": LR, "batch": BATCH,
+                                    "models": results}, _accuracy_table(results, epochs, train_count))
+
+
+def _accuracy_table(results: dict, epochs: int, train_count: int) -> str:
+    lines = [f"{epochs} epochs on {train_count} images each (fp32 from scratch; every rule from the fp32 weights); "
+             "top-1 % of the converted model on the 10000 test images.", "",
+             "| model | method | accuracy % | vs fp32 | s (training) |", "|---|---|---:|---:|---:|"]
+    for name, rows in results.items():
+        fp32 = rows[0]["accuracy"]
+        for r in rows:
+            lines.append(f"| {name} | {r['method']} | {r['accuracy']:.2f} | {r['accuracy'] - fp32:+.2f} | "
+                         f"{r['seconds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _median_ms(fn, x, repeats: int) -> float:
+    for _ in range(3):
+        fn(x)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - started)
+    return round(1000 * statistics.median(times), 3)
+
+
+def speed_part(repeats: int) -> None:
+    train_images = fashion_mnist("train").tensors[0]
+    calibration = [train_images[i : i + 128] for i in range(0, 512, 128)]
+    x = train_images[:64]
+    rows = []
+    for name, build in (("bnn_cnn (64 ch)", lambda: bnn_cnn(64)), ("bnn_mlp (3 × 4096)", lambda: bnn_mlp(4096, 3))):
+        torch.manual_seed(0)
+        fp32 = build().eval()
+        frozen = qat.convert(qat.prepare(copy.deepcopy(fp32), None, "bnn", calibration=calibration).eval())
+        program = lower(frozen, x[:1])
+        kernels = [op.get("bit_kernel") for op in program.ops if op["op"] in ("conv", "linear")]
+        assert program.fast_runner[1] is None, program.fast_runner[1]
+        agree = float((program(x).argmax(1) == frozen(x).argmax(1)).float().mean())
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            numba.set_num_threads(threads)
+            with torch.no_grad():
+                fp32_ms = _median_ms(fp32, x, repeats)
+            packed_ms = _median_ms(program, x, repeats)
+            row = {"model": name, "threads": threads, "batch": 64, "fp32_torch_ms": fp32_ms,
+                   "packed_engine_ms": packed_ms, "speedup": round(fp32_ms / packed_ms, 2),
+                   "layers": kernels, "top1_agreement_with_simulation": agree}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    lines = ["Batch 64, median of repeats; fp32 PyTorch vs the integer engine running the converted BNN (packed "
+             "XOR/popcount kernels for the binary layers, 8-bit first and last layers).", "",
+             "| model | threads | fp32 torch ms | packed engine ms | speed-up |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['threads']} | {r['fp32_torch_ms']} | {r['packed_engine_ms']} | {r['speedup']}× |"
+              for r in rows]
+    _write("binary_nets_speed", {"rows": rows}, "\n".join(lines) + "\n")
+
+
+def _write(stem: str, payload: dict, table: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (RESULTS / f"{stem}.md").write_text(table)
+    print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--part", choices=("accuracy", "speed", "all"), default="all")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--train", type=int, default=60000, help="training images used (a fixed prefix)")
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    if args.part in ("speed", "all"):
+        speed_part(args.repeats)
+    if args.part in ("accuracy", "all"):
+        accuracy_part(args.epochs, args.train)
+
+
+if __name__ == "__main__":
+    main()
