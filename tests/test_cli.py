@@ -123,7 +123,7 @@ def test_quantize_with_learned_rounding_lists_it_and_reloads(tmp_path):
         (["quantize", "--model", "zoo:lenet5", "--split-outliers", "1.5"], "--split-outliers"),
         (["quantize", "--model", "zoo:lenet5", "--rounding", "gptq", "--correct-bias", "analytic"], "do not combine"),
         (["quantize", "--model", "zoo:lenet5", "--smoothquant", "0.5"], "no nn.Linear reads a LayerNorm output"),
-        (["qat", "--model", "zoo:lenet5", "--quantizer", "xnor"], "quantizer 'xnor' is not one of"),
+        (["qat", "--model", "zoo:lenet5", "--quantizer", "xnr"], "quantizer 'xnr' is not one of"),
         (["qat", "--model", "zoo:lenet5", "--progressive", "8,x"], "--progressive must be"),
         (["qat", "--model", "zoo:lenet5", "--recipe", "w8-dynamic"], "static or weight-only"),
         (["qat", "--model", "zoo:minilm"], "zoo:minilm is a text model"),

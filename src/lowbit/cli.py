@@ -129,7 +129,7 @@ def _run_and_report(job: Callable[[], dict[str, Any]], as_json: bool) -> None:
 def qat(
     model: str = typer.Option(..., help="zoo:NAME or path/to/file.py:factory (an image classifier)"),
     recipe: str = typer.Option("w4a4", help="a preset name (w4a4, w2a2, …) or a .yaml/.json recipe file"),
-    quantizer: str = typer.Option("lsq", help="ste, lsq, pact or dorefa"),
+    quantizer: str = typer.Option("lsq", help="ste, lsq, pact, dorefa, or a binary/ternary rule: bnn, xnor, bwn, twn, ttq, five-level"),
     epochs: int = typer.Option(1, min=1, help="training epochs"),
     out: Path = typer.Option(Path("lowbit-out"), help="folder for the converted model"),
     calib: int = typer.Option(512, min=1, help="images that initialise the quantizers"),

@@ -9,10 +9,10 @@ accumulator is then the XOR/popcount product of packed signs (:mod:`lowbit.kerne
 Example:
     >>> import torch
     >>> op = {"op": "linear", "weight": "w", "weight_zero_point": "z", "bit_kernel": "binary"}
-    >>> tensors = {"w": torch.tensor([[1, -1, 1], [-1, -1, -1]], dtype=torch.int32), "z": torch.zeros(2)}
+    >>> tensors = {"w": torch.tensor([[1, -1, 1], [1, 1, -1]], dtype=torch.int32), "z": torch.zeros(2)}
     >>> accumulate = bit_accumulator(op, tensors)
-    >>> accumulate(torch.tensor([[1.0, 1.0, -1.0]]))
-    tensor([[-1.,  1.]])
+    >>> accumulate(torch.tensor([[1.0, 1.0, -1.0]]))        # 1 − 1 − 1 and 1 + 1 + 1
+    tensor([[-1.,  3.]])
 """
 
 from __future__ import annotations

@@ -8,10 +8,10 @@ Example:
     tensor([[-1,  3]], dtype=torch.int32)
 """
 
-from lowbit.kernels.binary import binary_matmul, pack_signs
+from lowbit.kernels.binary import binary_backend, binary_matmul, pack_signs
 from lowbit.kernels.binary_conv import PackedBinaryWeight, binary_conv2d, pack_conv_weight
 from lowbit.kernels.lut import bitserial_matmul, lut_matmul, pack_codes_bitplanes, pack_nibbles
 from lowbit.kernels.ternary import TernaryPacked, pack_ternary, ternary_matmul
 
-__all__ = ["pack_signs", "binary_matmul", "PackedBinaryWeight", "pack_conv_weight", "binary_conv2d", "TernaryPacked",
+__all__ = ["pack_signs", "binary_matmul", "binary_backend", "PackedBinaryWeight", "pack_conv_weight", "binary_conv2d", "TernaryPacked",
            "pack_ternary", "ternary_matmul", "pack_codes_bitplanes", "bitserial_matmul", "pack_nibbles", "lut_matmul"]
