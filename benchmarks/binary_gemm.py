@@ -110,14 +110,9 @@ def measure_clock_and_ceiling(threads: int) -> dict[str, float | None]:
 
 def _time(call: Callable[[], object], repeats: int, seconds: float) -> tuple[float, float, int]:
     """(min ms, median ms, runs) after two warm-up calls."""
-    call()
-    call()
-    samples: list[float] = []
-    start = time.perf_counter()
-    while len(samples) < repeats or time.perf_counter() - start < seconds:
-        t = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - t)
+    from lowbit.export.bench import wall_times
+
+    samples = wall_times(call, min_seconds=seconds, min_runs=repeats, warmup=2)
     return 1e3 * min(samples), 1e3 * statistics.median(samples), len(samples)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch
 
 from lowbit import qat
 from lowbit.engine import lower
+from lowbit.export.bench import median_ms
 from lowbit.zoo.data import fashion_mnist
 from lowbit.zoo.models import bnn_cnn, bnn_mlp
 
@@ -96,14 +96,7 @@ def _accuracy_table(results: dict, epochs: int, train_count: int) -> str:
 
 
 def _median_ms(fn, x, repeats: int) -> float:
-    for _ in range(3):
-        fn(x)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - started)
-    return round(1000 * statistics.median(times), 3)
+    return round(median_ms(lambda: fn(x), min_seconds=0.0, min_runs=repeats, warmup=3)[0], 3)
 
 
 def speed_part(repeats: int) -> None:

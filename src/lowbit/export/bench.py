@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Candidate", "median_ms", "time_candidates"]
+__all__ = ["Candidate", "median_ms", "wall_times", "time_candidates"]
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,10 @@ class Candidate:
     feed: str | None = None  # an .npz of named inputs (ONNX Runtime only), used instead of random inputs
 
 
-def median_ms(call: Callable[[], object], min_seconds: float = 1.5, min_runs: int = 15, warmup: int = 3,
-              ) -> tuple[float, int]:
-    """Median wall time of ``call()`` in ms over at least ``min_runs`` runs and ``min_seconds``, after warm-up."""
+def wall_times(call: Callable[[], object], min_seconds: float = 1.5, min_runs: int = 15, warmup: int = 3,
+               ) -> list[float]:
+    """Wall times of ``call()`` in seconds, at least ``min_runs`` of them over at least ``min_seconds``, after
+    ``warmup`` untimed calls."""
     for _ in range(warmup):
         call()
     samples: list[float] = []
@@ -48,6 +49,13 @@ def median_ms(call: Callable[[], object], min_seconds: float = 1.5, min_runs: in
         t = time.perf_counter()
         call()
         samples.append(time.perf_counter() - t)
+    return samples
+
+
+def median_ms(call: Callable[[], object], min_seconds: float = 1.5, min_runs: int = 15, warmup: int = 3,
+              ) -> tuple[float, int]:
+    """Median wall time of ``call()`` in ms over at least ``min_runs`` runs and ``min_seconds``, after warm-up."""
+    samples = wall_times(call, min_seconds, min_runs, warmup)
     return 1000.0 * statistics.median(samples), len(samples)
 
 

@@ -217,20 +217,8 @@ class ShiftBatchNorm1d(_ShiftBatchNorm):
 
 
 class ShiftBatchNorm2d(_ShiftBatchNorm):
-    """Shift-based batch norm over ``[N, C, H, W]`` inputs; arguments as ``nn.BatchNorm2d``.
-
-    Args:
-        num_features: ``C``, the channel count (dim 1).
-        eps: added to the variance before the inverse square root (``>= 0``).
-        momentum: weight of the new batch in the running statistics, in ``[0, 1]``; None for a cumulative average.
-        affine: learn ``γ`` (applied as a shift, ``ap2(γ)``) and ``β``.
-        track_running_stats: keep running statistics and use them in eval mode.
-        device: where the parameters and buffers live.
-        dtype: their floating-point dtype.
-
-    Raises:
-        ValueError: naming the argument, for a non-positive ``num_features``, a negative or non-finite ``eps``, or
-            a ``momentum`` outside ``[0, 1]``.
+    """Shift-based batch norm over ``[N, C, H, W]`` inputs; arguments as ``nn.BatchNorm2d``, and Args and Raises
+    as :class:`ShiftBatchNorm1d`.
 
     Example:
         >>> bn = ShiftBatchNorm2d(3)
