@@ -35,9 +35,11 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from lowbit.engine.bits import bit_accumulator
+from lowbit.engine.bits import BitProduct, bit_accumulator, plan_packed
 from lowbit.engine.islands import island_tensors, run_island
 from lowbit.engine.kernels import FLOAT32_EXACT, Requant, float_multiplier
+from lowbit.kernels import maxpool_signs, pack_threshold
+from lowbit.kernels.sign_ops import pack_at_least, thresholds_for
 
 __all__ = ["compile_fast", "FastRunner"]
 
@@ -79,6 +81,42 @@ def _signs(t: torch.Tensor) -> torch.Tensor:
     return torch.where(t >= 0, 1.0, -1.0)
 
 
+_SMALL_FILTER = 27  # C_in·kh·kw up to an RGB 3×3 filter: one matrix product beats oneDNN's direct convolution
+
+
+def _unfolded_conv(op: dict[str, Any], w: torch.Tensor, bias: torch.Tensor | None) -> Step:
+    """A convolution with small filters (a first layer) as im2col and one matrix product, channels-last out.
+
+    oneDNN runs a 1-channel 3×3 convolution several times slower than the product of its ``(N·H·W, 9)`` patches
+    with the ``(9, C_out)`` filters here; the codes are integers whose sums stay exact in float32, so the order
+    of the sums does not change the result.
+    """
+    x, kernel = op["x"], tuple(w.shape[2:])
+    geometry = dict(dilation=tuple(op["dilation"]), padding=tuple(op["padding"]), stride=tuple(op["stride"]))
+    filters = w.reshape(w.shape[0], -1).t().contiguous()  # (C_in·kh·kw, C_out) in unfold's (c, i, j) order
+
+    def accumulate(env: dict[str, torch.Tensor]) -> torch.Tensor:
+        image = env[x]
+        n, _, height, width = image.shape
+        (kh, kw), (ph, pw), (sh, sw), (dh, dw) = kernel, geometry["padding"], geometry["stride"], geometry["dilation"]
+        oh = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        ow = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        patches = F.unfold(image, kernel, **geometry).transpose(1, 2)  # (N, H_out·W_out, C_in·kh·kw)
+        out = torch.matmul(patches, filters)
+        if bias is not None:
+            out += bias
+        return out.reshape(n, oh, ow, -1).permute(0, 3, 1, 2)  # NCHW logically, channels-last in memory
+
+    return accumulate
+
+
+def _pack_signs_of(acc: torch.Tensor, conv: bool) -> torch.Tensor:
+    """The signs of a float accumulator packed along channels: pixels ``(N, H, W, words)`` for a convolution's
+    ``(N, C, H, W)`` (channels-last in memory: the permuted view is contiguous), rows ``(..., words)`` else."""
+    values = acc.permute(0, 2, 3, 1) if conv else acc
+    return pack_threshold(values.reshape(-1, values.shape[-1])).reshape(*values.shape[:-1], -1)
+
+
 def _reads(op: dict[str, Any]) -> list[str]:
     return [op[k] for k in ("x", "a", "b") if k in op] + list(op.get("args", []))
 
@@ -103,6 +141,7 @@ class _Compiler:
         self.kept = {self.root.get(n, n) for n in list(program.inputs) + list(program.outputs)}
         self.zero_points: dict[str, int] = {}  # value name → zero point of its grid (codes are held centred)
         self.bounds: dict[str, int] = {}  # value name → largest |centred code| it can hold
+        self.packed = plan_packed(program)  # values held as packed signs between bit-kernel layers
 
     def _out(self, op: dict[str, Any]) -> tuple[float, float]:
         out = op["out"]
@@ -122,13 +161,17 @@ class _Compiler:
         channel = [1, -1] + [1] * (w.dim() - 2) if op["op"] == "conv" else [-1]
         scales = t[op["weight_scale"]].reshape(channel)
         x = op["x"]
-        if op.get("bit_kernel"):  # ±1 inputs, ±1 or ternary weights: packed XOR/popcount products
+        if op.get("bit_kernel") and (op["op"] == "linear" or op["groups"] == 1):
+            return self._bit_layer(op, bias, channel)
+        if op.get("bit_kernel"):  # grouped: the input is packed per call, the output is NCHW
             product = bit_accumulator(op, t)
             bias_view = None if bias is None else bias.reshape(channel)
 
             def accumulate(env: dict[str, torch.Tensor]) -> torch.Tensor:
                 acc = product(env[x])
                 return acc if bias_view is None else acc.add_(bias_view)
+        elif op["op"] == "conv" and w.dim() == 4 and op["groups"] == 1 and w[0].numel() <= _SMALL_FILTER:
+            accumulate = _unfolded_conv(op, w, bias)
         elif op["op"] == "conv":
             conv = F.conv1d if w.dim() == 3 else F.conv2d
             stride, padding, dilation, groups = (tuple(op["stride"]), tuple(op["padding"]), tuple(op["dilation"]),
@@ -146,8 +189,55 @@ class _Compiler:
             return lambda env: accumulate(env).mul_(dequant)
         if op["out"].get("sign"):  # a sign edge: +1 where the accumulator (value / positive scale) is >= 0
             self._out(op)
+            if op["y"] in self.packed:
+                return lambda env: _pack_signs_of(accumulate(env), op["op"] == "conv")
             return lambda env: _signs(accumulate(env))
         multiplier = float_multiplier(op["in_scale"], scales, divide_by=op["out"]["scale"])
+        low, high = self._out(op)
+        return lambda env: _requantize_in_place(accumulate(env), multiplier, low, high)
+
+    def _bit_layer(self, op: dict[str, Any], bias: torch.Tensor | None, channel: list[int]) -> Step:
+        """A binary or ternary layer on packed bits: its input packed or float ±1, its output packed signs or the
+        usual requantized / dequantized codes."""
+        x, conv = op["x"], op["op"] == "conv"
+        product = BitProduct(op, self.program.tensors, self.packed.get(x))
+        if op["y"] in self.packed:  # bits in, bits out: threshold acc + correction + factor·bias at 0
+            self._out(op)
+            thresholds: dict[Any, torch.Tensor] = {}  # per output size
+
+            def step(env: dict[str, torch.Tensor]) -> torch.Tensor:
+                acc, correction, lead = product(env[x])
+                key = lead[1:] if conv else None
+                if key not in thresholds:
+                    total = torch.zeros(1, acc.shape[1], dtype=torch.float64)
+                    if correction is not None:
+                        total = total + correction.to(torch.float64)
+                    if bias is not None:
+                        total = total + product.factor * bias.to(torch.float64)
+                    thresholds[key] = thresholds_for(total, acc.dtype)
+                return pack_at_least(acc, thresholds[key]).reshape(*lead, -1)
+            return step
+
+        def accumulate(env: dict[str, torch.Tensor]) -> torch.Tensor:
+            acc, correction, lead = product(env[x])
+            if correction is not None:
+                acc.view(-1, correction.shape[0], acc.shape[1]).add_(correction)
+            value = acc.to(torch.float32)
+            if product.factor != 1:
+                value.div_(product.factor)  # an even integer: exact
+            value = value.reshape(*lead, -1)
+            if conv:  # (N, H, W, C) memory is NCHW in channels-last: a view, no copy
+                value = value.permute(0, 3, 1, 2)
+            return value if bias is None else value.add_(bias.reshape(channel))
+
+        if op["out"] is None:
+            dequant = float_multiplier(op["in_scale"], self.program.tensors[op["weight_scale"]].reshape(channel))
+            return lambda env: accumulate(env).mul_(dequant)
+        if op["out"].get("sign"):
+            self._out(op)
+            return lambda env: _signs(accumulate(env))
+        multiplier = float_multiplier(op["in_scale"], self.program.tensors[op["weight_scale"]].reshape(channel),
+                                      divide_by=op["out"]["scale"])
         low, high = self._out(op)
         return lambda env: _requantize_in_place(accumulate(env), multiplier, low, high)
 
@@ -215,6 +305,11 @@ class _Compiler:
         if op["op"] == "reshape" and x not in self.zero_points:  # a float value
             return lambda env: env[x].reshape(env[x].shape[0], *op["shape"])
         self.zero_points[op["y"]], self.bounds[op["y"]] = self.zero_points[x], self.bounds[x]
+        if x in self.packed:  # packed signs (plan_packed): OR of words, or the pixels' words end to end
+            if op["op"] == "maxpool":
+                args = (op["kernel_size"], op["stride"], op["padding"], op["dilation"], op["ceil_mode"])
+                return lambda env: maxpool_signs(env[x], *args)
+            return lambda env: env[x].reshape(env[x].shape[0], -1)
         if op["op"] == "clamp":
             low, high = float(op["min"] - self.zero_points[x]), float(op["max"] - self.zero_points[x])
             return lambda env: env[x].clamp(low, high)

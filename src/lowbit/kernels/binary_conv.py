@@ -41,7 +41,8 @@ from torch.nn import functional as F
 from lowbit.kernels.binary import binary_matmul, pack_signs
 from lowbit.kernels.ternary import _numba_threads
 
-__all__ = ["PackedBinaryWeight", "pack_conv_weight", "binary_conv2d"]
+__all__ = ["PackedBinaryWeight", "pack_conv_weight", "binary_conv2d", "pack_channels", "im2col_signs",
+           "padding_correction"]
 
 _WORD = 64
 
@@ -160,9 +161,10 @@ def _pair(value: int | tuple[int, int], name: str, least: int) -> tuple[int, int
     return int(pair[0]), int(pair[1])
 
 
-def _padding_correction(packed: PackedBinaryWeight, height: int, width: int, stride: tuple[int, int],
-                        padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
-    """``Σ`` of ``tap_sums`` over the taps on padding, int32 ``(1, C_out, H_out, W_out)`` (module docstring)."""
+def padding_correction(packed: PackedBinaryWeight, height: int, width: int, stride: tuple[int, int],
+                       padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+    """What the product of :func:`im2col_signs` rows misses at padded taps: ``Σ`` of ``tap_sums`` over the taps of
+    each output position that fall on padding, int32 ``(1, C_out, H_out, W_out)`` (module docstring), cached."""
     key = (height, width, *stride, *padding, *dilation)
     if key not in packed._corrections:
         on_padding = F.pad(torch.zeros(1, 1, height, width, dtype=torch.float64),
@@ -172,6 +174,60 @@ def _padding_correction(packed: PackedBinaryWeight, height: int, width: int, str
                          dilation=dilation)
         packed._corrections[key] = total.round().to(torch.int32)
     return packed._corrections[key]
+
+
+def pack_channels(x: torch.Tensor, threads: int | None = None) -> torch.Tensor:
+    """The signs of an ``(N, C, H, W)`` float image packed along channels, pixel-major: ``uint64``
+    ``(N, H, W, ceil(C/64))``, the layout of ``pack_signs(x, axis=1)`` (``x ≥ 0`` ↦ bit 1, bits past ``C`` 0).
+
+    Raises:
+        ValueError: ``x`` not a 4-D float tensor, or NaN in it.
+
+    Example:
+        >>> pack_channels(torch.tensor([[[[1.0]], [[-1.0]], [[0.0]]]])).tolist()
+        [[[[5]]]]
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim != 4:
+        got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x)
+        raise ValueError(f"pack_channels: x must be a 4-D float tensor (N, C, H, W), got {got}")
+    # the packer reads float32/float64 arrays; a sign survives the cast from half precision
+    dense = x.detach().to(x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32).contiguous()
+    images, channels, height, width = dense.shape
+    pixels = np.empty((images, height * width, -(-channels // _WORD)), dtype=np.uint64)
+    with _numba_threads(threads, "pack_channels"):
+        if _pack_channels(dense.numpy().reshape(images, channels, height * width), pixels):
+            raise ValueError("pack_channels got NaN in x: its sign is undefined")
+    return torch.from_numpy(pixels.reshape(images, height, width, -1))
+
+
+def im2col_signs(pixels: torch.Tensor, channels: int, kernel_size: tuple[int, int], stride: tuple[int, int] = (1, 1),
+                 padding: tuple[int, int] = (0, 0), dilation: tuple[int, int] = (1, 1), threads: int | None = None,
+                 ) -> torch.Tensor:
+    """The im2col rows of packed pixels: ``uint64`` ``(N·H_out·W_out, ceil(C·kh·kw/64))``, taps end to end with no
+    gaps (module docstring); padded taps are bits 0 (−1), which :func:`padding_correction` makes up for.
+
+    Args:
+        pixels: ``(N, H, W, ceil(C/64))`` from :func:`pack_channels` (or a layer that writes packed signs).
+        channels: ``C``, the bits used in each pixel's words.
+
+    Raises:
+        ValueError: pixels that are not 4-D ``uint64``, a word count that does not hold ``channels``, an empty output.
+    """
+    if not isinstance(pixels, torch.Tensor) or pixels.dtype != torch.uint64 or pixels.ndim != 4:
+        raise ValueError("im2col_signs: pixels must be a 4-D uint64 tensor (N, H, W, words) from pack_channels")
+    images, height, width, words = pixels.shape
+    if not (words - 1) * _WORD < channels <= words * _WORD:
+        raise ValueError(f"im2col_signs: {words} words per pixel do not hold channels={channels}")
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    oh = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1 or images == 0:
+        raise ValueError(f"im2col_signs: input ({images}, {height}, {width}) with kernel {kernel_size}, padding "
+                         f"{padding} and dilation {dilation} gives an empty output ({images}, {oh}, {ow})")
+    cols = np.zeros((images * oh * ow, -(-channels * kh * kw // _WORD)), dtype=np.uint64)
+    with _numba_threads(threads, "im2col_signs"):
+        _im2col_bits(pixels.contiguous().numpy(), channels, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols)
+    return torch.from_numpy(cols)
 
 
 def binary_conv2d(x: torch.Tensor, weight: torch.Tensor | PackedBinaryWeight, stride: int | tuple[int, int] = 1,
@@ -212,25 +268,20 @@ def binary_conv2d(x: torch.Tensor, weight: torch.Tensor | PackedBinaryWeight, st
     if oh < 1 or ow < 1 or images == 0:
         raise ValueError(f"binary_conv2d: input {tuple(x.shape)} with kernel {packed.kernel_size}, padding {padding} "
                          f"and dilation {dilation} gives an empty output ({images}, {oh}, {ow})")
-    # the packer reads float32/float64 arrays; a sign survives the cast from half precision
-    dense = x.detach().to(x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32).numpy()
     channels = packed.in_channels // packed.groups
     k = channels * kh * kw
     parts = []
-    with _numba_threads(threads, "binary_conv2d"):
-        for g in range(packed.groups):
-            pixels = np.empty((images, height * width, -(-channels // _WORD)), dtype=np.uint64)
-            group = dense[:, g * channels:(g + 1) * channels].reshape(images, channels, height * width)
-            if _pack_channels(group, pixels):
-                raise ValueError("binary_conv2d got NaN in x: its sign is undefined")
-            pixels = pixels.reshape(images, height, width, -1)
-            cols = np.zeros((images * oh * ow, packed.words.shape[2]), dtype=np.uint64)
-            _im2col_bits(pixels, channels, kh, kw, *stride, *padding, *dilation, oh, ow, cols)
-            parts.append(binary_matmul(torch.from_numpy(cols), packed.words[g], k, threads=threads))
+    for g in range(packed.groups):
+        try:
+            pixels = pack_channels(x[:, g * channels:(g + 1) * channels], threads)
+        except ValueError as error:
+            raise ValueError(f"binary_conv2d: {error}") from None
+        cols = im2col_signs(pixels, channels, packed.kernel_size, stride, padding, dilation, threads)
+        parts.append(binary_matmul(cols, packed.words[g], k, threads=threads))
     product = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)).reshape(images, oh, ow, -1)
     out = torch.empty(images, packed.out_channels, oh, ow, dtype=torch.int32)
     if padding == (0, 0):
         return out.copy_(product.permute(0, 3, 1, 2))
     # one pass from the GEMM's (N, H_out, W_out, C_out) order to NCHW, adding the padding correction on the way
-    return torch.add(product.permute(0, 3, 1, 2), _padding_correction(packed, height, width, stride, padding,
-                                                                      dilation), out=out)
+    return torch.add(product.permute(0, 3, 1, 2), padding_correction(packed, height, width, stride, padding,
+                                                                     dilation), out=out)
