@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from lowbit.cli import app
@@ -80,6 +81,39 @@ def test_qat_json_has_quantizes_shape_and_the_saved_model_reloads(tmp_path):
     again = runner.invoke(app, ["eval", "--model", str(out), "--json"])
     assert again.exit_code == 0
     assert json.loads(again.stdout)["accuracy"] == data["quantized"]["accuracy"]
+
+
+def test_qat_bnn_uses_the_rules_recipe_and_saves_a_binary_model(tmp_path):
+    source = tmp_path / "net.py"
+    source.write_text("from torch import nn\n\ndef small_bnn():\n"
+                      "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.BatchNorm1d(128), nn.Hardtanh(),\n"
+                      "                         nn.Linear(128, 128), nn.BatchNorm1d(128), nn.Hardtanh(), nn.Linear(128, 10))\n")
+    import importlib.util
+
+    from safetensors.torch import save_file
+
+    spec = importlib.util.spec_from_file_location("net", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    save_file(module.small_bnn().state_dict(), str(tmp_path / "init.safetensors"))  # untrained: BNNs train so
+    out = tmp_path / "bnn"
+    result = runner.invoke(app, ["qat", "--model", f"{source}:small_bnn", "--weights", str(tmp_path / "init.safetensors"),
+                                 "--quantizer", "bnn", "--epochs", "1",
+                                 "--train-samples", "2048", "--lr", "0.05", "--calib", "128", "--out", str(out),
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data["recipe"] == "w1a1" and data["qat"]["activations"] == "sign"
+    assert json.loads((out / "lowbit.json").read_text())["sign_edges"]  # the sign activations survive the file
+    assert data["quantized"]["accuracy"] > 40  # from random weights, 2048 images: far above chance (10%)
+    again = runner.invoke(app, ["eval", "--model", str(out), "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["accuracy"] == data["quantized"]["accuracy"]
+
+
+def test_qat_bnn_refuses_signs_after_relu():
+    result = runner.invoke(app, ["qat", "--model", "zoo:lenet5", "--quantizer", "bnn", "--calib", "16"])
+    assert result.exit_code != 0 and "every sign would be +1" in result.output
 
 
 def test_quantize_with_dfq_transforms_and_zero_shot_data(tmp_path):

@@ -128,8 +128,10 @@ def _run_and_report(job: Callable[[], dict[str, Any]], as_json: bool) -> None:
 @app.command()
 def qat(
     model: str = typer.Option(..., help="zoo:NAME or path/to/file.py:factory (an image classifier)"),
-    recipe: str = typer.Option("w4a4", help="a preset name (w4a4, w2a2, …) or a .yaml/.json recipe file"),
-    quantizer: str = typer.Option("lsq", help="ste, lsq, pact, dorefa, or a binary/ternary rule: bnn, xnor, bwn, twn, ttq, five-level"),
+    recipe: str = typer.Option(None, help="a preset name (w4a4, w2a2, …) or a .yaml/.json recipe file "
+                               "[default: the quantizer's own: w4a4, w1a1 for bnn/xnor, weight-only for bwn/twn/…]"),
+    quantizer: str = typer.Option("lsq", help="ste, lsq, pact, dorefa, or a binary/ternary rule: bnn, xnor, bwn, "
+                                  "twn, ttq, five-level"),
     epochs: int = typer.Option(1, min=1, help="training epochs"),
     out: Path = typer.Option(Path("lowbit-out"), help="folder for the converted model"),
     calib: int = typer.Option(512, min=1, help="images that initialise the quantizers"),
@@ -150,6 +152,8 @@ def qat(
 
     Example: lowbit qat --model zoo:resnet20 --recipe w2a2 --quantizer pact --epochs 3 --progressive 8,4
     --freeze-bn-after 2000
+
+    Example: lowbit qat --model zoo:bnn_mlp --quantizer bnn --epochs 2 --lr 0.001 --out bnn-mlp
     """
     from lowbit.jobs import run_qat
 

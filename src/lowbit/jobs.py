@@ -220,7 +220,7 @@ def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path 
             "quantized": quantized}
 
 
-def run_qat(model: str, recipe: str | Recipe = "w4a4", quantizer: str = "lsq", epochs: int = 1,
+def run_qat(model: str, recipe: str | Recipe | None = None, quantizer: str = "lsq", epochs: int = 1,
             out: str | Path = "lowbit-out", calib: int = 512, train_samples: int | None = None, lr: float = 0.01,
             batch_size: int = 128, seed: int = 0, weights: str | Path | None = None,
             freeze_bn_after: int | None = None, gradient_bits: int | None = None,
@@ -229,7 +229,8 @@ def run_qat(model: str, recipe: str | Recipe = "w4a4", quantizer: str = "lsq", e
     """Quantization-aware training of an image classifier on Fashion-MNIST, saved and measured like :func:`run_ptq`.
 
     ``prepare`` (initialised on ``calib`` seeded training images) → ``fit`` (``train_samples`` seeded training
-    images, all by default) → ``convert`` → ``save_quantized`` to ``out``. ``progressive``: widths to train at
+    images, all by default) → ``convert`` → ``save_quantized`` to ``out``. Without a ``recipe``, the quantizer's
+    default (:meth:`lowbit.qat.QATConfig.default_recipe`: ``w4a4``, or ``w1a1`` for BNN and XNOR-Net, …). ``progressive``: widths to train at
     first, one epoch each (:class:`lowbit.qat.ProgressiveBits`); ``two_stage``: the epoch from which activations
     are quantized (:class:`lowbit.qat.TwoStage`).
 
@@ -245,8 +246,8 @@ def run_qat(model: str, recipe: str | Recipe = "w4a4", quantizer: str = "lsq", e
 
     if model.startswith("zoo:minilm"):
         raise ValueError("lowbit qat trains image classifiers on Fashion-MNIST; zoo:minilm is a text model")
-    spec = load_recipe(recipe)
     config = qat.QATConfig.for_quantizer(quantizer, gradient_bits=gradient_bits)
+    spec = config.default_recipe() if recipe is None else load_recipe(recipe)
     float_model = load_model(model, weights)
     evaluation = ImageEvaluation(eval_samples)
     fp32 = evaluation.measure(float_model, fp32_bytes(float_model), "pytorch-fp32")

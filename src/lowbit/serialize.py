@@ -1,7 +1,7 @@
 """Save and load quantized models without pickle: ``model.safetensors`` + ``lowbit.json`` in a folder.
 
 The safetensors file holds the integer weight codes — bit-packed below 8 bits
-(:mod:`lowbit.functional.packing`) — with their qparams, the float biases and the frozen activation qparams;
+(:mod:`lowbit.functional.packing`), binary ±1 weights at one bit each — with their qparams, the float biases and the frozen activation qparams;
 calibration statistics are not saved. ``lowbit.json`` records the format, the recipe and where the
 architecture comes from (``zoo:NAME`` or ``path/to/file.py:factory``), so :func:`load_quantized` rebuilds the
 same structure and fills it. The bytes on disk are what :func:`folder_bytes` reports.
@@ -31,8 +31,10 @@ from torch import nn
 
 from lowbit.flows.ptq import _prepare, bind_accumulator_bias
 from lowbit.functional.packing import pack, unpack
+from lowbit.nn.binary_quant import SignQuantizer
 from lowbit.nn.layers import QuantConv, QuantLinear
 from lowbit.recipes import Recipe
+from lowbit.transforms.fold_bn import replace_module
 
 __all__ = ["save_quantized", "load_quantized", "folder_bytes", "build_from_source", "FORMAT"]
 
@@ -88,7 +90,12 @@ def _saved_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, d
         if isinstance(module, (QuantLinear, QuantConv)) and module.weight_spec.bits < 8:
             key = f"{name}.weight_q" if name else "weight_q"
             spec = module.weight_spec
-            state[key + ".packed"] = pack(state.pop(key), spec.bits, spec.signed)
+            codes = state.pop(key)
+            if bool(codes.abs().eq(1).all()):  # binary weights (±1 on a 2-bit grid): one bit each, 1 ↦ +1
+                state[key + ".packed"] = pack(codes.gt(0).to(torch.int32), 1, False)
+                packed[key] = {"bits": 1, "signed": False, "signs": True, "shape": list(codes.shape)}
+                continue
+            state[key + ".packed"] = pack(codes, spec.bits, spec.signed)
             packed[key] = {"bits": spec.bits, "signed": spec.signed, "shape": list(module.weight_q.shape)}
     return {k: v.contiguous() for k, v in state.items()}, packed
 
@@ -124,6 +131,9 @@ def save_quantized(model: nn.Module, folder: str | Path, source: str) -> Path:
         meta["smoothed"] = list(summary.smoothed)  # layers SmoothQuant changed: load rebuilds their structure
     if getattr(summary, "splits", None):
         meta["splits"] = dict(summary.splits)  # channels outlier splitting duplicated: load grows the layers again
+    signs = [name for name, module in model.named_modules() if isinstance(module, SignQuantizer)]
+    if signs:
+        meta["sign_edges"] = signs  # a binary network's sign activations: no recipe grid describes them
     (folder / _META).write_text(json.dumps(meta, indent=1) + "\n")
     return folder
 
@@ -148,9 +158,13 @@ def load_quantized(folder: str | Path, model: nn.Module | None = None) -> nn.Mod
     recipe = Recipe.from_dict(meta["recipe"], where=str(folder / _META))
     structure, _ = _prepare(model if model is not None else build_from_source(meta["source"]), recipe, False,
                             None, True, smoothed=meta.get("smoothed"), splits=meta.get("splits"))
+    for name in meta.get("sign_edges", []):
+        replace_module(structure, name, SignQuantizer(getattr(structure.get_submodule(name), "label", name)))
     state = load_file(str(folder / _WEIGHTS))
     for key, info in meta.get("packed", {}).items():
         state[key] = unpack(state.pop(key + ".packed"), int(info["bits"]), bool(info["signed"]), tuple(info["shape"]))
+        if info.get("signs"):
+            state[key] = state[key].to(torch.int8) * 2 - 1  # bits back to ±1 codes
     _add_gained_biases(structure, state)
     own = {k: v for k, v in structure.state_dict().items() if k not in _calibration_keys(structure)}
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))

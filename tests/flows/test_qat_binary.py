@@ -103,3 +103,27 @@ def test_binary_rules_refuse_progressive_bits_and_bad_configs():
         qat.QATConfig(activation_quantizer="twn")
     with pytest.raises(ValueError, match="stochastic"):
         qat.QATConfig.for_quantizer("twn", stochastic=True)
+
+
+@pytest.mark.parametrize("kind", ["bnn", "twn"])
+def test_a_converted_binary_model_saves_in_bits_and_loads_to_the_same_outputs(kind, tmp_path):
+    import lowbit
+    from lowbit.engine import lower
+    from lowbit.serialize import folder_bytes
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 8, 8)
+    frozen = qat.convert(_train(qat.prepare(_cnn(), quantizer=kind, calibration=[x]), x))
+    folder = lowbit.save_quantized(frozen, tmp_path / kind, source="zoo:lenet5")  # any valid source; model= wins
+    again = lowbit.load_quantized(folder, model=_cnn())
+    assert torch.equal(again(x), frozen(x))
+    signs = [n for n, m in again.named_modules() if isinstance(m, SignQuantizer)]
+    assert signs == [n for n, m in frozen.named_modules() if isinstance(m, SignQuantizer)]
+    assert bool(signs) == (kind == "bnn")
+    if kind == "bnn":  # TWN keeps real activations (a weight-only recipe): nothing for the integer engine
+        assert torch.equal(lower(again, x[:1])(x), lower(frozen, x[:1])(x))
+    binary_weights = 16 * 24 * 9 + 24 * 24 * 9  # the two inner convolutions
+    stored = lowbit.load_quantized.__globals__["load_file"](str(folder / "model.safetensors"))
+    inner = stored["3.weight_q.packed"].numel() + stored["7.weight_q.packed"].numel()
+    assert inner * 8 == binary_weights * (1 if kind == "bnn" else 2)  # one bit per ±1 weight, two per ternary
+    assert folder_bytes(folder) > 0

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.nn import functional as F
 
 from lowbit.analysis.evaluation import call
 from lowbit.flows.ptq import (
@@ -224,6 +225,7 @@ def prepare(model: nn.Module, recipe: str | Recipe | None = None, quantizer: str
         _insert_quantizers(gm, recipe, summary, quantized, make=_activation_factory(config))
         if config.activation_quantizer is QuantizerKind.SIGN:
             _sign_binary_inputs(gm)
+            _refuse_signs_of_relu(gm)
             mark_sign_outputs(gm)
         _bind_input_quantizers(gm)
         if config.weight_quantizer is QuantizerKind.XNOR:
@@ -254,6 +256,27 @@ def _sign_binary_inputs(gm: fx.GraphModule) -> None:
         binary = isinstance(layer, QATLayer) and layer.weight_quantizer.spec.bits <= 3
         if binary and isinstance(source, ActivationFakeQuantizer) and not isinstance(source, SignActivationQuantizer):
             replace_module(gm, names[id(source)], SignActivationQuantizer(label=source.label))
+
+
+_RELUS = (nn.ReLU, nn.ReLU6)
+
+
+def _refuse_signs_of_relu(gm: fx.GraphModule) -> None:
+    """A sign edge after a ReLU sees only values ≥ 0: every sign is +1, and the layer it feeds learns nothing."""
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        edge = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(edge, SignActivationQuantizer) or not isinstance(node.args[0], fx.Node):
+            continue
+        source = node.args[0]
+        relu = (source.op == "call_module" and isinstance(modules.get(source.target), _RELUS)) or (
+            source.op == "call_function" and source.target in (F.relu, F.relu6, torch.relu)) or (
+            source.op == "call_method" and source.target == "relu")
+        if relu:
+            raise ValueError(f"lowbit.qat: the sign activation {edge.label} reads the output of {source.name} (a "
+                             "ReLU): every value there is ≥ 0, so every sign would be +1 and the next layer could "
+                             "learn nothing. Binary networks put nn.Hardtanh (or no activation) before their binary "
+                             "layers; see lowbit.zoo.models.bnn_mlp / bnn_cnn")
 
 
 def _wire_input_scale_maps(gm: fx.GraphModule) -> None:

@@ -24,7 +24,7 @@ from torch import nn
 
 from lowbit.analysis.evaluation import accuracy as evaluate
 from lowbit.zoo.data import fashion_mnist
-from lowbit.zoo.models import MODEL_NAMES, build
+from lowbit.zoo.models import BINARY_BUILDERS, MODEL_NAMES, build
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 # epochs, peak learning rate, flip augmentation: chosen per model for a 2-core CPU budget
@@ -33,6 +33,9 @@ RECIPES = {
     "lenet5": (15, 0.05, True),
     "resnet20": (4, 0.1, True),
     "mobilenetv2": (3, 0.1, True),
+    # the binary networks' fp32 starting points (no shipped weights: train them here for `lowbit qat`)
+    "bnn_mlp": (10, 0.05, False),
+    "bnn_cnn": (5, 0.05, True),
 }
 
 
@@ -98,7 +101,7 @@ def train(name: str, epochs: int, lr: float, flip: bool, seed: int, out: Path) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lowbit.zoo.train", description=__doc__.splitlines()[0])
-    parser.add_argument("name", choices=MODEL_NAMES)
+    parser.add_argument("name", choices=MODEL_NAMES + tuple(BINARY_BUILDERS))
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--seed", type=int, default=0)
