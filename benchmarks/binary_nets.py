@@ -9,7 +9,7 @@ with the same loop. First and last layers stay at
 8 bits (lowbit's default). The accuracy is that of the converted integer model (XNOR-Net: of the trained model in
 eval mode — its input scale map K is a float multiplier no integer layer carries), on the full test set.
 
-Speed (``--part speed``): a BNN is converted and lowered (:func:`lowbit.engine.lower`); the engine's fast runner
+Speed (``--part speed``): a BNN (and a TWN-weight network on sign activations) is converted and lowered (:func:`lowbit.engine.lower`); the engine's fast runner
 multiplies packed bits (:mod:`lowbit.engine.bits`). Timed against the same architecture in fp32 PyTorch, batch 64,
 median of repeats, at 1 and 2 threads (torch and numba set alike). Weights need not be trained for timing; the
 models are calibrated on real images so the activations are realistic. Architectures: ``bnn_cnn`` at 64 channels,
@@ -112,10 +112,15 @@ def speed_part(repeats: int) -> None:
     calibration = [train_images[i : i + 128] for i in range(0, 512, 128)]
     x = train_images[:64]
     rows = []
-    for name, build in (("bnn_cnn (64 ch)", lambda: bnn_cnn(64)), ("bnn_mlp (3 × 4096)", lambda: bnn_mlp(4096, 3))):
+    bnn = qat.QATConfig.for_quantizer("bnn")
+    twn = qat.QATConfig("twn", "sign")  # ternary weights on binary activations: the two-plane kernels
+    for name, build, config in (("bnn_cnn (64 ch), BNN", lambda: bnn_cnn(64), bnn),
+                                ("bnn_cnn (64 ch), TWN weights, sign activations", lambda: bnn_cnn(64), twn),
+                                ("bnn_mlp (3 × 4096), BNN", lambda: bnn_mlp(4096, 3), bnn)):
         torch.manual_seed(0)
         fp32 = build().eval()
-        frozen = qat.convert(qat.prepare(copy.deepcopy(fp32), None, "bnn", calibration=calibration).eval())
+        frozen = qat.convert(qat.prepare(copy.deepcopy(fp32), bnn.default_recipe(), config,
+                                         calibration=calibration).eval())
         program = lower(frozen, x[:1])
         kernels = [op.get("bit_kernel") for op in program.ops if op["op"] in ("conv", "linear")]
         assert program.fast_runner[1] is None, program.fast_runner[1]
@@ -131,8 +136,9 @@ def speed_part(repeats: int) -> None:
                    "layers": kernels, "top1_agreement_with_simulation": agree}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    lines = ["Batch 64, median of repeats; fp32 PyTorch vs the integer engine running the converted BNN (packed "
-             "XOR/popcount kernels for the binary layers, 8-bit first and last layers).", "",
+    lines = ["Batch 64, median of repeats; fp32 PyTorch vs the integer engine running the converted network (packed "
+             "XOR/popcount kernels for the binary and ternary layers, activations packed between them, 8-bit first "
+             "and last layers).", "",
              "| model | threads | fp32 torch ms | packed engine ms | speed-up |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['threads']} | {r['fp32_torch_ms']} | {r['packed_engine_ms']} | {r['speedup']}× |"
               for r in rows]
