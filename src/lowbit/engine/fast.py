@@ -110,6 +110,46 @@ def _unfolded_conv(op: dict[str, Any], w: torch.Tensor, bias: torch.Tensor | Non
     return accumulate
 
 
+def _packed_signs_step(op: dict[str, Any], product: BitProduct, bias: torch.Tensor | None) -> Step:
+    """A bit layer writing packed signs: ``acc ≥ ⌈−(correction + factor·bias)⌉`` (docs/math.md B8), with the
+    thresholds computed once per output size."""
+    x, conv = op["x"], op["op"] == "conv"
+    thresholds: dict[Any, torch.Tensor] = {}
+
+    def step(env: dict[str, torch.Tensor]) -> torch.Tensor:
+        acc, correction, lead = product(env[x])
+        key = lead[1:] if conv else None
+        if key not in thresholds:
+            total = torch.zeros(1, acc.shape[1], dtype=torch.float64)
+            if correction is not None:
+                total = total + correction.to(torch.float64)
+            if bias is not None:
+                total = total + product.factor * bias.to(torch.float64)
+            thresholds[key] = thresholds_for(total, acc.dtype)
+        return pack_at_least(acc, thresholds[key]).reshape(*lead, -1)
+
+    return step
+
+
+def _bit_accumulate(op: dict[str, Any], product: BitProduct, bias: torch.Tensor | None, channel: list[int]) -> Step:
+    """A bit layer's accumulator plus bias as float32 codes, for a requantized, dequantized or float-sign output."""
+    x, conv = op["x"], op["op"] == "conv"
+
+    def accumulate(env: dict[str, torch.Tensor]) -> torch.Tensor:
+        acc, correction, lead = product(env[x])
+        if correction is not None:
+            acc.view(-1, correction.shape[0], acc.shape[1]).add_(correction)
+        value = acc.to(torch.float32)
+        if product.factor != 1:
+            value.div_(product.factor)  # an even integer: exact
+        value = value.reshape(*lead, -1)
+        if conv:  # (N, H, W, C) memory is NCHW in channels-last: a view, no copy
+            value = value.permute(0, 3, 1, 2)
+        return value if bias is None else value.add_(bias.reshape(channel))
+
+    return accumulate
+
+
 def _pack_signs_of(acc: torch.Tensor, conv: bool) -> torch.Tensor:
     """The signs of a float accumulator packed along channels: pixels ``(N, H, W, words)`` for a convolution's
     ``(N, C, H, W)`` (channels-last in memory: the permuted view is contiguous), rows ``(..., words)`` else."""
@@ -162,8 +202,12 @@ class _Compiler:
         scales = t[op["weight_scale"]].reshape(channel)
         x = op["x"]
         if op.get("bit_kernel") and (op["op"] == "linear" or op["groups"] == 1):
-            return self._bit_layer(op, bias, channel)
-        if op.get("bit_kernel"):  # grouped: the input is packed per call, the output is NCHW
+            product = BitProduct(op, t, self.packed.get(x))
+            if op["y"] in self.packed:
+                self._out(op)
+                return _packed_signs_step(op, product, bias)
+            accumulate = _bit_accumulate(op, product, bias, channel)
+        elif op.get("bit_kernel"):  # grouped: the input is packed per call, the output is NCHW
             product = bit_accumulator(op, t)
             bias_view = None if bias is None else bias.reshape(channel)
 
@@ -193,51 +237,6 @@ class _Compiler:
                 return lambda env: _pack_signs_of(accumulate(env), op["op"] == "conv")
             return lambda env: _signs(accumulate(env))
         multiplier = float_multiplier(op["in_scale"], scales, divide_by=op["out"]["scale"])
-        low, high = self._out(op)
-        return lambda env: _requantize_in_place(accumulate(env), multiplier, low, high)
-
-    def _bit_layer(self, op: dict[str, Any], bias: torch.Tensor | None, channel: list[int]) -> Step:
-        """A binary or ternary layer on packed bits: its input packed or float ±1, its output packed signs or the
-        usual requantized / dequantized codes."""
-        x, conv = op["x"], op["op"] == "conv"
-        product = BitProduct(op, self.program.tensors, self.packed.get(x))
-        if op["y"] in self.packed:  # bits in, bits out: threshold acc + correction + factor·bias at 0
-            self._out(op)
-            thresholds: dict[Any, torch.Tensor] = {}  # per output size
-
-            def step(env: dict[str, torch.Tensor]) -> torch.Tensor:
-                acc, correction, lead = product(env[x])
-                key = lead[1:] if conv else None
-                if key not in thresholds:
-                    total = torch.zeros(1, acc.shape[1], dtype=torch.float64)
-                    if correction is not None:
-                        total = total + correction.to(torch.float64)
-                    if bias is not None:
-                        total = total + product.factor * bias.to(torch.float64)
-                    thresholds[key] = thresholds_for(total, acc.dtype)
-                return pack_at_least(acc, thresholds[key]).reshape(*lead, -1)
-            return step
-
-        def accumulate(env: dict[str, torch.Tensor]) -> torch.Tensor:
-            acc, correction, lead = product(env[x])
-            if correction is not None:
-                acc.view(-1, correction.shape[0], acc.shape[1]).add_(correction)
-            value = acc.to(torch.float32)
-            if product.factor != 1:
-                value.div_(product.factor)  # an even integer: exact
-            value = value.reshape(*lead, -1)
-            if conv:  # (N, H, W, C) memory is NCHW in channels-last: a view, no copy
-                value = value.permute(0, 3, 1, 2)
-            return value if bias is None else value.add_(bias.reshape(channel))
-
-        if op["out"] is None:
-            dequant = float_multiplier(op["in_scale"], self.program.tensors[op["weight_scale"]].reshape(channel))
-            return lambda env: accumulate(env).mul_(dequant)
-        if op["out"].get("sign"):
-            self._out(op)
-            return lambda env: _signs(accumulate(env))
-        multiplier = float_multiplier(op["in_scale"], self.program.tensors[op["weight_scale"]].reshape(channel),
-                                      divide_by=op["out"]["scale"])
         low, high = self._out(op)
         return lambda env: _requantize_in_place(accumulate(env), multiplier, low, high)
 
