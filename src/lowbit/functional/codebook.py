@@ -5,6 +5,9 @@ float32 ``absmax`` per block (docs/math.md, eqs. 14–15). The dynamic tree map 
 for Parallelism in Deep Learning", 2016) is reproduced value for value as bitsandbytes builds it, so 8-bit
 optimizer state written by lowbit means the same numbers as bitsandbytes'.
 
+A learned code comes from :func:`kmeans_1d`, the scalar k-means of Deep Compression's weight sharing (Han et
+al., 2016, §3): each weight is replaced by the index of its cluster's centroid.
+
 Example:
     >>> import torch
     >>> code = create_dynamic_map(signed=True)
@@ -18,9 +21,11 @@ Example:
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import torch
 
-__all__ = ["create_dynamic_map", "quantize_blockwise", "dequantize_blockwise"]
+__all__ = ["create_dynamic_map", "quantize_blockwise", "dequantize_blockwise", "KMeansInit", "kmeans_1d"]
 
 
 def _segment_midpoints(count: int) -> torch.Tensor:
@@ -163,3 +168,123 @@ def dequantize_blockwise(
     values = code.to(torch.float32)[codes.reshape(-1).long()]
     scales = absmax.to(torch.float32).repeat_interleave(block_size)[: codes.numel()]
     return (values * scales).view(codes.shape)
+
+
+class KMeansInit(StrEnum):
+    """How :func:`kmeans_1d` places its first centroids (Han et al., 2016, §3.2).
+
+    ``LINEAR`` spaces them evenly over ``[min, max]`` — the paper's choice, since it keeps centroids on the few
+    large weights that matter most. ``DENSITY`` puts them at the quantiles ``(i + ½)/k`` of the values (the
+    centres of ``k`` equal-probability bins), ``RANDOM`` (Forgy) at ``k`` distinct values of randomly drawn
+    samples. A plain string with the value (``"linear"``) is accepted wherever a ``KMeansInit`` is.
+    """
+
+    LINEAR = "linear"
+    DENSITY = "density"
+    RANDOM = "random"
+
+
+def _kmeans_init(x: torch.Tensor, clusters: int, init: KMeansInit, seed: int) -> torch.Tensor:
+    """Initial centroids (float64, sorted ascending) for the flat float64 values ``x``."""
+    if init is KMeansInit.LINEAR:
+        return torch.linspace(float(x.min()), float(x.max()), clusters, dtype=torch.float64)
+    if init is KMeansInit.DENSITY:
+        # Quantiles by linear interpolation between order statistics (numpy's default method); torch.quantile
+        # would refuse inputs of more than 2^24 values.
+        ordered = torch.sort(x).values
+        at = (torch.arange(clusters, dtype=torch.float64) + 0.5) / clusters * (x.numel() - 1)
+        low = at.floor().long()
+        high = torch.clamp(low + 1, max=x.numel() - 1)
+        return torch.lerp(ordered[low], ordered[high], at - low)
+    generator = torch.Generator().manual_seed(seed)
+    drawn = x[torch.randperm(x.numel(), generator=generator)]
+    distinct, inverse = torch.unique(drawn, return_inverse=True)
+    if distinct.numel() < clusters:
+        raise ValueError(f"init='random' needs at least clusters={clusters} distinct values, got {distinct.numel()}")
+    # Forgy on samples, skipping repeats: each distinct value enters at its first draw, in draw order.
+    first_draw = torch.full((distinct.numel(),), x.numel()).scatter_reduce(
+        0, inverse, torch.arange(x.numel()), reduce="amin"
+    )
+    return torch.sort(distinct[torch.argsort(first_draw)[:clusters]]).values
+
+
+def _nearest(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest sorted centroid for every value; a value halfway between two takes the lower one."""
+    # In 1-D the Voronoi cells are the intervals between midpoints, so a binary search replaces k distances.
+    midpoints = (centroids[1:] + centroids[:-1]) / 2
+    return torch.searchsorted(midpoints, x, right=False)
+
+
+def kmeans_1d(
+    values: torch.Tensor,
+    clusters: int,
+    init: KMeansInit | str = KMeansInit.LINEAR,
+    iterations: int = 50,
+    seed: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means on scalars: the shared weights of Deep Compression (Han et al., 2016, §3).
+
+    Each iteration assigns every value to its nearest centroid and moves every centroid to the mean of its
+    values; it stops after ``iterations`` updates or as soon as an assignment repeats (the centroids are then a
+    fixed point). A cluster that receives no value keeps its previous centroid. Computed in float64.
+
+    Centroids are kept sorted ascending. In 1-D, Lloyd's step preserves their order (each new centroid lies
+    inside its own interval between midpoints), so this is the order of the initialisation too, and equal to
+    what an unsorted Lloyd would give from the same start.
+
+    Args:
+        values: float tensor of any shape (e.g. a layer's kept weights); read flat.
+        clusters: number of centroids ``k ≥ 1`` (``2^bits`` for ``bits``-bit indices). More clusters than
+            distinct values are allowed with ``LINEAR`` and ``DENSITY``: the surplus centroids stay empty or
+            coincide (a single distinct value gives ``k`` equal centroids, every value in cluster 0).
+        init: a :class:`KMeansInit` or its string value.
+        iterations: maximum number of centroid updates, ``≥ 0`` (0 returns the initial centroids).
+        seed: seed of the ``RANDOM`` draw; ``None`` means 0, so results never depend on global RNG state.
+
+    Returns:
+        ``(centroids, assignments)``: ``k`` centroids sorted ascending, in the dtype of ``values``, and int64
+        indices shaped like ``values`` (``centroids[assignments]`` is the shared-weight tensor). Ties between
+        two centroids go to the lower index.
+
+    Raises:
+        ValueError: non-float or empty ``values``, NaN or Inf in them, ``clusters`` or ``iterations`` not a valid
+            int, an unknown ``init``, a non-int ``seed``, or ``RANDOM`` with fewer distinct values than
+            ``clusters``.
+
+    Example:
+        >>> w = torch.tensor([-1.0, -0.9, 0.1, 0.2, 0.3, 2.0])
+        >>> centroids, idx = kmeans_1d(w, clusters=3)
+        >>> centroids, idx
+        (tensor([-0.9500,  0.2000,  2.0000]), tensor([0, 0, 1, 1, 1, 2]))
+    """
+    if not isinstance(values, torch.Tensor) or not values.is_floating_point():
+        raise ValueError(f"kmeans_1d needs a floating tensor, got {getattr(values, 'dtype', type(values))}")
+    if values.numel() == 0:
+        raise ValueError("kmeans_1d needs at least one value, got an empty tensor")
+    if isinstance(clusters, bool) or not isinstance(clusters, int) or clusters < 1:
+        raise ValueError(f"clusters must be a positive int, got {clusters!r}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f"iterations must be a non-negative int, got {iterations!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"seed must be an int or None, got {seed!r}")
+    try:
+        mode = KMeansInit(init)
+    except ValueError:
+        raise ValueError(f"init must be one of {[m.value for m in KMeansInit]}, got {init!r}") from None
+    x = values.detach().reshape(-1).to(device="cpu", dtype=torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("kmeans_1d got NaN or Inf values")
+    centroids = _kmeans_init(x, clusters, mode, 0 if seed is None else seed)
+    previous: torch.Tensor | None = None
+    for _ in range(iterations):
+        assignments = _nearest(x, centroids)
+        if previous is not None and torch.equal(assignments, previous):
+            break
+        counts = torch.bincount(assignments, minlength=clusters)
+        sums = torch.bincount(assignments, weights=x, minlength=clusters)
+        centroids = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
+        # A no-op in exact arithmetic (see above); guards the searchsorted precondition against rounding.
+        centroids = torch.sort(centroids).values
+        previous = assignments
+    assignments = _nearest(x, centroids)
+    return centroids.to(values.dtype), assignments.view(values.shape)

@@ -1,0 +1,47 @@
+"""Deep Compression's storage format (Han et al., 2016): sparse relative indices and canonical Huffman codes.
+
+:mod:`~lowbit.compress.sparse_index` turns the kept positions of a pruned tensor into small gaps (with filler
+zeros where a gap overflows), and :mod:`~lowbit.compress.huffman` entropy-codes integer streams such as shared-
+weight cluster indices or those gaps. The k-means weight sharing between the two is
+:func:`lowbit.functional.codebook.kmeans_1d`. Huffman's ``encode``/``decode`` are re-exported here as
+``huffman_encode``/``huffman_decode``.
+
+Example:
+    >>> import numpy as np
+    >>> from lowbit.compress import code_lengths, encode_relative, huffman_decode, huffman_encode
+    >>> gaps, is_filler = encode_relative(np.array([0, 3, 4, 40]), index_bits=4)
+    >>> gaps.tolist(), int(is_filler.sum())
+    ([1, 3, 1, 16, 16, 4], 2)
+    >>> lengths = code_lengths(np.bincount(gaps))
+    >>> data, nbits = huffman_encode(gaps, lengths)
+    >>> nbits, huffman_decode(data, nbits, lengths, count=gaps.size).tolist()
+    (12, [1, 3, 1, 16, 16, 4])
+"""
+
+from lowbit.compress import huffman, sparse_index
+from lowbit.compress.huffman import (
+    MAX_CODE_LENGTH,
+    canonical_codes,
+    code_lengths,
+    lengths_from_bytes,
+    lengths_to_bytes,
+)
+from lowbit.compress.huffman import decode as huffman_decode
+from lowbit.compress.huffman import encode as huffman_encode
+from lowbit.compress.sparse_index import decode_relative, encode_relative, pack_gaps, unpack_gaps
+
+__all__ = [
+    "huffman",
+    "sparse_index",
+    "MAX_CODE_LENGTH",
+    "code_lengths",
+    "canonical_codes",
+    "huffman_encode",
+    "huffman_decode",
+    "lengths_to_bytes",
+    "lengths_from_bytes",
+    "encode_relative",
+    "decode_relative",
+    "pack_gaps",
+    "unpack_gaps",
+]
