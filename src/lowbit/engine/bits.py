@@ -186,6 +186,7 @@ class BitProduct:
             halves = [torch.where(codes == 0, 1.0, codes), torch.where(codes == 0, -1.0, codes)] if self.ternary \
                 else [codes]
             self.weights = [pack_conv_weight(half) for half in halves]
+            self.corrections: dict[tuple[int, int], torch.Tensor] = {}
             return
         out_channels, self.k = codes.shape
         if layout is not None and layout.kind == "flat":
@@ -217,11 +218,17 @@ class BitProduct:
         if self.ternary:
             acc += binary_matmul(cols, self.weights[1].words[0], self.k)
         oh, ow = self._output_size(height, width)
-        correction = None
-        if self.geometry[1] != (0, 0):
+        return acc, self._correction(height, width, oh, ow), (images, oh, ow)
+
+    def _correction(self, height: int, width: int, oh: int, ow: int) -> torch.Tensor | None:
+        """The padding correction in the accumulator's row order, ``(H_out·W_out, C_out)``, once per input size."""
+        if self.geometry[1] == (0, 0):
+            return None
+        if (height, width) not in self.corrections:
             parts = [padding_correction(w, height, width, *self.geometry) for w in self.weights]
-            correction = sum(parts[1:], parts[0])[0].permute(1, 2, 0).reshape(oh * ow, -1)
-        return acc, correction, (images, oh, ow)
+            total = sum(parts[1:], parts[0])[0].permute(1, 2, 0).reshape(oh * ow, -1).contiguous()
+            self.corrections[(height, width)] = total
+        return self.corrections[(height, width)]
 
     def _output_size(self, height: int, width: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.weights[0].kernel_size, *self.geometry
