@@ -4,7 +4,8 @@
 zeros where a gap overflows), and :mod:`~lowbit.compress.huffman` entropy-codes integer streams such as shared-
 weight cluster indices or those gaps. The k-means weight sharing between the two is
 :func:`lowbit.functional.codebook.kmeans_1d`. Huffman's ``encode``/``decode`` are re-exported here as
-``huffman_encode``/``huffman_decode``.
+``huffman_encode``/``huffman_decode``. Magnitude pruning with masks that hold through training is
+:mod:`~lowbit.compress.prune`.
 
 Example:
     >>> import numpy as np
@@ -18,7 +19,7 @@ Example:
     (12, [1, 3, 1, 16, 16, 4])
 """
 
-from lowbit.compress import huffman, sparse_index
+from lowbit.compress import huffman, prune, sparse_index
 from lowbit.compress.huffman import (
     MAX_CODE_LENGTH,
     canonical_codes,
@@ -28,6 +29,7 @@ from lowbit.compress.huffman import (
 )
 from lowbit.compress.huffman import decode as huffman_decode
 from lowbit.compress.huffman import encode as huffman_encode
+from lowbit.compress.prune import PruneScope, Pruner, Sparsity, magnitude_masks, prune_iteratively
 from lowbit.compress.sparse_index import decode_relative, encode_relative, pack_gaps, unpack_gaps
 
 __all__ = [
@@ -44,4 +46,10 @@ __all__ = [
     "decode_relative",
     "pack_gaps",
     "unpack_gaps",
+    "prune",
+    "PruneScope",
+    "Sparsity",
+    "magnitude_masks",
+    "Pruner",
+    "prune_iteratively",
 ]
