@@ -35,10 +35,10 @@ from typing import Any
 
 import torch
 
-from lowbit.kernels import (binary_conv2d, binary_matmul, im2col_signs, pack_channels, pack_conv_weight, pack_signs,
-                            pack_ternary, pack_threshold, padding_correction, ternary_matmul)
+from lowbit.kernels import (binary_conv2d, binary_matmul, conv_output_size, im2col_signs, pack_conv_weight,
+                            pack_signs, pack_ternary, pack_threshold, padding_correction, ternary_matmul)
 
-__all__ = ["bit_kernel_of", "bit_accumulator", "SignLayout", "plan_packed", "BitProduct"]
+__all__ = ["bit_kernel_of", "bit_accumulator", "SignLayout", "plan_packed", "BitProduct", "pack_signs_of"]
 
 Accumulate = Callable[[torch.Tensor], torch.Tensor]
 _WORD = 64
@@ -211,13 +211,13 @@ class BitProduct:
             rows = x.reshape(-1, x.shape[-1]) if self.layout is not None else pack_signs(x.reshape(-1, x.shape[-1]))
             matmul = ternary_matmul if self.ternary else binary_matmul
             return matmul(rows, self.weight, self.k), self.gap, lead
-        pixels = x if self.layout is not None else _pack_pixels(x)
+        pixels = x if self.layout is not None else pack_signs_of(x, conv=True)
         images, height, width, _ = pixels.shape
         cols = im2col_signs(pixels, self.channels, self.weights[0].kernel_size, *self.geometry)
         acc = binary_matmul(cols, self.weights[0].words[0], self.k)
         if self.ternary:
             acc += binary_matmul(cols, self.weights[1].words[0], self.k)
-        oh, ow = self._output_size(height, width)
+        oh, ow = conv_output_size(height, width, self.weights[0].kernel_size, *self.geometry)
         return acc, self._correction(height, width, oh, ow), (images, oh, ow)
 
     def _correction(self, height: int, width: int, oh: int, ow: int) -> torch.Tensor | None:
@@ -230,15 +230,10 @@ class BitProduct:
             self.corrections[(height, width)] = total
         return self.corrections[(height, width)]
 
-    def _output_size(self, height: int, width: int) -> tuple[int, int]:
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.weights[0].kernel_size, *self.geometry
-        return (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
-
-def _pack_pixels(x: torch.Tensor) -> torch.Tensor:
-    """Float ±1 codes ``(N, C, H, W)`` packed along channels, ``(N, H, W, words)``."""
-    if x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last):
-        # the fast runner's images are channels-last: pixel-major already, one contiguous pass
-        nhwc = x.permute(0, 2, 3, 1)
-        return pack_threshold(nhwc.reshape(-1, x.shape[1])).reshape(*nhwc.shape[:3], -1)
-    return pack_channels(x)
+def pack_signs_of(values: torch.Tensor, conv: bool) -> torch.Tensor:
+    """The signs of float32 codes or accumulators packed along channels (``v ≥ 0`` ↦ +1, NaN ↦ −1): pixels
+    ``(N, H, W, words)`` from a convolution's ``(N, C, H, W)`` — the fast runner holds images channels-last, so
+    the permuted view is contiguous and this is one pass — or rows ``(..., words)`` from ``(..., C)``."""
+    rows = values.permute(0, 2, 3, 1) if conv else values
+    return pack_threshold(rows.reshape(-1, rows.shape[-1])).reshape(*rows.shape[:-1], -1)

@@ -35,10 +35,10 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from lowbit.engine.bits import BitProduct, bit_accumulator, plan_packed
+from lowbit.engine.bits import BitProduct, bit_accumulator, pack_signs_of, plan_packed
 from lowbit.engine.islands import island_tensors, run_island
 from lowbit.engine.kernels import FLOAT32_EXACT, Requant, float_multiplier
-from lowbit.kernels import maxpool_signs, pack_threshold
+from lowbit.kernels import conv_output_size, maxpool_signs
 from lowbit.kernels.sign_ops import pack_at_least, thresholds_for
 
 __all__ = ["compile_fast", "FastRunner"]
@@ -98,9 +98,7 @@ def _unfolded_conv(op: dict[str, Any], w: torch.Tensor, bias: torch.Tensor | Non
     def accumulate(env: dict[str, torch.Tensor]) -> torch.Tensor:
         image = env[x]
         n, _, height, width = image.shape
-        (kh, kw), (ph, pw), (sh, sw), (dh, dw) = kernel, geometry["padding"], geometry["stride"], geometry["dilation"]
-        oh = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        ow = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        oh, ow = conv_output_size(height, width, kernel, geometry["stride"], geometry["padding"], geometry["dilation"])
         patches = F.unfold(image, kernel, **geometry).transpose(1, 2)  # (N, H_out·W_out, C_in·kh·kw)
         out = torch.matmul(patches, filters)
         if bias is not None:
@@ -148,13 +146,6 @@ def _bit_accumulate(op: dict[str, Any], product: BitProduct, bias: torch.Tensor 
         return value if bias is None else value.add_(bias.reshape(channel))
 
     return accumulate
-
-
-def _pack_signs_of(acc: torch.Tensor, conv: bool) -> torch.Tensor:
-    """The signs of a float accumulator packed along channels: pixels ``(N, H, W, words)`` for a convolution's
-    ``(N, C, H, W)`` (channels-last in memory: the permuted view is contiguous), rows ``(..., words)`` else."""
-    values = acc.permute(0, 2, 3, 1) if conv else acc
-    return pack_threshold(values.reshape(-1, values.shape[-1])).reshape(*values.shape[:-1], -1)
 
 
 def _reads(op: dict[str, Any]) -> list[str]:
@@ -234,7 +225,7 @@ class _Compiler:
         if op["out"].get("sign"):  # a sign edge: +1 where the accumulator (value / positive scale) is >= 0
             self._out(op)
             if op["y"] in self.packed:
-                return lambda env: _pack_signs_of(accumulate(env), op["op"] == "conv")
+                return lambda env: pack_signs_of(accumulate(env), op["op"] == "conv")
             return lambda env: _signs(accumulate(env))
         multiplier = float_multiplier(op["in_scale"], scales, divide_by=op["out"]["scale"])
         low, high = self._out(op)

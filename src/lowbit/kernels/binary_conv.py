@@ -42,7 +42,7 @@ from lowbit.kernels.binary import binary_matmul, pack_signs
 from lowbit.kernels.ternary import _numba_threads
 
 __all__ = ["PackedBinaryWeight", "pack_conv_weight", "binary_conv2d", "pack_channels", "im2col_signs",
-           "padding_correction"]
+           "padding_correction", "conv_output_size"]
 
 _WORD = 64
 
@@ -161,6 +161,18 @@ def _pair(value: int | tuple[int, int], name: str, least: int) -> tuple[int, int
     return int(pair[0]), int(pair[1])
 
 
+def conv_output_size(height: int, width: int, kernel_size: tuple[int, int], stride: tuple[int, int] = (1, 1),
+                     padding: tuple[int, int] = (0, 0), dilation: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+    """``(H_out, W_out)`` of :func:`torch.nn.functional.conv2d` (floor rule) for pairs of kernel and geometry.
+
+    Example:
+        >>> conv_output_size(28, 28, (3, 3), (2, 2), (1, 1))
+        (14, 14)
+    """
+    return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1  # type: ignore[return-value]
+                 for size, k, s, p, d in zip((height, width), kernel_size, stride, padding, dilation))
+
+
 def padding_correction(packed: PackedBinaryWeight, height: int, width: int, stride: tuple[int, int],
                        padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
     """What the product of :func:`im2col_signs` rows misses at padded taps: ``Σ`` of ``tap_sums`` over the taps of
@@ -219,8 +231,7 @@ def im2col_signs(pixels: torch.Tensor, channels: int, kernel_size: tuple[int, in
     if not (words - 1) * _WORD < channels <= words * _WORD:
         raise ValueError(f"im2col_signs: {words} words per pixel do not hold channels={channels}")
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
-    oh = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    oh, ow = conv_output_size(height, width, kernel_size, stride, padding, dilation)
     if oh < 1 or ow < 1 or images == 0:
         raise ValueError(f"im2col_signs: input ({images}, {height}, {width}) with kernel {kernel_size}, padding "
                          f"{padding} and dilation {dilation} gives an empty output ({images}, {oh}, {ow})")
@@ -263,8 +274,7 @@ def binary_conv2d(x: torch.Tensor, weight: torch.Tensor | PackedBinaryWeight, st
     stride, padding, dilation = _pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1)
     images, _, height, width = x.shape
     kh, kw = packed.kernel_size
-    oh = (height + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (width + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    oh, ow = conv_output_size(height, width, packed.kernel_size, stride, padding, dilation)
     if oh < 1 or ow < 1 or images == 0:
         raise ValueError(f"binary_conv2d: input {tuple(x.shape)} with kernel {packed.kernel_size}, padding {padding} "
                          f"and dilation {dilation} gives an empty output ({images}, {oh}, {ow})")
