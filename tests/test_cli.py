@@ -15,7 +15,7 @@ runner = CliRunner()
 def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("demo", "quantize", "eval", "list", "weights", "export", "bench"):
+    for command in ("demo", "quantize", "eval", "list", "weights", "export", "bench", "compress"):
         assert command in result.output
 
 
@@ -221,3 +221,33 @@ def test_bench_times_four_backends_in_their_own_processes():
     assert data["bytes"]["onnxruntime-fp32"] > 3 * data["bytes"]["onnxruntime-int8"]
     bad = runner.invoke(app, ["bench", "--model", "zoo:lenet5", "--batch", "0"])
     assert bad.exit_code == 2 and "--batch" in bad.output
+
+
+def test_compress_json_shape_file_size_and_eval_of_the_decoded_file(tmp_path):
+    out = tmp_path / "dc"
+    result = runner.invoke(app, ["compress", "--model", "zoo:mlp", "--sparsity", "0.9", "--bits", "4", "--out", str(out),
+                                 "--prune-steps", "2", "--epochs", "1", "--finetune-epochs", "1", "--train-samples",
+                                 "2048", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"model", "fp32", "compressed", "stages"} <= set(data)
+    path = out / "model.lbdc"
+    assert data["compressed"]["path"] == str(path) and data["compressed"]["bytes"] == path.stat().st_size
+    assert path.read_bytes()[:4] == b"LBDC"
+    # 10 % of 266k weights at ≤ 4 + 5 bits each, biases in fp32: far below a tenth of the fp32 file
+    assert data["fp32"]["bytes"] > 20 * data["compressed"]["bytes"]
+    assert [s["stage"] for s in data["stages"]] == ["prune 1/2", "prune 2/2", "fine-tune centroids"]
+    assert data["stages"][-2]["sparsity"] == 0.9
+    assert data["fp32"]["accuracy"] - data["compressed"]["accuracy"] < 6.0  # 2048 images of retraining only
+    again = runner.invoke(app, ["eval", "--model", str(out), "--json"])
+    assert again.exit_code == 0, again.output
+    evaluated = json.loads(again.stdout)
+    assert evaluated["accuracy"] == data["compressed"]["accuracy"]
+    assert evaluated["bytes"] == data["compressed"]["bytes"]
+
+
+def test_compress_rejects_bad_options(tmp_path):
+    result = runner.invoke(app, ["compress", "--model", "zoo:mlp", "--scope", "row", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--scope" in result.output
+    result = runner.invoke(app, ["compress", "--model", "zoo:nope", "--out", str(tmp_path)])
+    assert result.exit_code != 0

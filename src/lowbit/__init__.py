@@ -15,7 +15,7 @@ Example:
 from lowbit import analysis, functional, observers, qat
 from lowbit.flows import quantize
 from lowbit.recipes import Mode, ObserverKind, Override, Recipe, Transforms, load_recipe, preset
-from lowbit.serialize import load_quantized, save_quantized
+from lowbit.serialize import load_compressed, load_quantized, save_quantized
 from lowbit import functional as F
 from lowbit.spec import (
     Granularity,
@@ -54,4 +54,5 @@ __all__ = [
     "preset",
     "save_quantized",
     "load_quantized",
+    "load_compressed",
 ]

@@ -167,20 +167,68 @@ def qat(
                                     progressive=widths, two_stage=two_stage, progress=True), as_json)
 
 
-@app.command("eval")
-def evaluate(
-    model: str = typer.Option(..., help="a folder written by `lowbit quantize`, or zoo:NAME for the fp32 model"),
+@app.command()
+def compress(
+    model: str = typer.Option(..., help="zoo:NAME or path/to/file.py:factory (an image classifier)"),
+    sparsity: float = typer.Option(0.92, min=0.0, max=0.999, help="fraction of weights pruned"),
+    bits: int = typer.Option(5, min=1, max=8, help="bits per shared weight (2^bits − 1 centroids and the zero)"),
+    out: Path = typer.Option(Path("lowbit-out"), help="folder for model.lbdc"),
+    scope: str = typer.Option("global", help="pruning threshold: global (one for all layers) or layer"),
+    prune_steps: int = typer.Option(3, min=1, help="pruning steps, each followed by retraining"),
+    epochs: int = typer.Option(2, min=0, help="retraining epochs after each pruning step"),
+    finetune_epochs: int = typer.Option(2, min=0, help="epochs of centroid fine-tuning"),
+    train_samples: int = typer.Option(None, min=1, help="training images used (seeded subset; default all)"),
+    seed: int = typer.Option(0),
+    weights: Path = typer.Option(None, help="weights for a file model (.safetensors, or .pt loaded weights_only)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
 ) -> None:
-    """Evaluate a saved quantized model (or a zoo model): Fashion-MNIST accuracy, or embedding agreement for minilm."""
+    """Deep Compression: prune, retrain, share weights by k-means, fine-tune, Huffman-code; write model.lbdc.
+
+    The accuracy reported is that of the model decoded from the written file.
+
+    Example: lowbit compress --model zoo:mlp --sparsity 0.92 --bits 5 --out mlp-dc --json
+    """
+    from lowbit.jobs import run_compress
+
+    if scope not in ("global", "layer"):
+        _fail(f"--scope must be global or layer, got {scope!r}")
+    try:
+        result = run_compress(model, sparsity, bits, out, scope=scope, prune_steps=prune_steps,
+                              epochs_per_step=epochs, finetune_epochs=finetune_epochs, train_samples=train_samples,
+                              seed=seed, weights=weights, progress=not as_json)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    fp32, small = result["fp32"], result["compressed"]
+    typer.echo(f"fp32        {fp32['accuracy']:.2f} %  {fp32['bytes']:>10,} bytes")
+    typer.echo(f"compressed  {small['accuracy']:.2f} %  {small['bytes']:>10,} bytes  "
+               f"({fp32['bytes'] / small['bytes']:.1f}x smaller)  {small['path']}")
+    for size in result["sizes"]:
+        typer.echo(f"  after {size['stage']:<10} {size['bytes']:>10,} bytes  {size['ratio']:>6.2f}x")
+
+
+@app.command("eval")
+def evaluate(
+    model: str = typer.Option(..., help="a folder written by `lowbit quantize` or `lowbit compress` (or its .lbdc "
+                                        "file), or zoo:NAME for the fp32 model"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+) -> None:
+    """Evaluate a saved quantized or compressed model (or a zoo model): Fashion-MNIST accuracy, or embedding
+    agreement for minilm."""
     from lowbit.analysis import fp32_bytes
     from lowbit.jobs import backend_of, evaluation_for, load_model
-    from lowbit.serialize import folder_bytes, load_quantized
+    from lowbit.serialize import COMPRESSED_FILE, folder_bytes, is_compressed, load_compressed, load_quantized
 
     try:
         if model.startswith("zoo:"):
             net = load_model(model)
             size, backend, source = fp32_bytes(net), "pytorch-fp32", model
+        elif is_compressed(model):
+            net = load_compressed(model)
+            file = Path(model) if Path(model).is_file() else Path(model) / COMPRESSED_FILE
+            size, backend, source = file.stat().st_size, "pytorch-fp32 (decoded)", net.lowbit_source
         else:
             net = load_quantized(model)
             size, backend, source = folder_bytes(model), backend_of(net.lowbit_recipe), net.lowbit_source

@@ -28,7 +28,7 @@ from lowbit.flows.ptq import quantize
 from lowbit.recipes import Mode, ObserverKind, Recipe, load_recipe
 from lowbit.serialize import build_from_source, folder_bytes, save_quantized
 
-__all__ = ["load_model", "run_ptq", "run_qat", "run_bench", "calibration_batches", "backend_of", "measure", "evaluation_for",
+__all__ = ["load_model", "run_ptq", "run_qat", "run_compress", "run_bench", "calibration_batches", "backend_of", "measure", "evaluation_for",
            "ImageEvaluation", "TextEvaluation"]
 
 # Latency is measured on one batch of this size: per-sample cost at a realistic serving batch.
@@ -274,6 +274,56 @@ def run_qat(model: str, recipe: str | Recipe | None = None, quantizer: str = "ls
             "qat": {"quantizer": quantizer, "weights": config.weight_quantizer.value,
                     "activations": config.activation_quantizer.value, "epochs": epochs, "train_samples": count,
                     "history": fitted.history}}
+
+
+def run_compress(model: str, sparsity: float = 0.92, bits: int = 5, out: str | Path = "lowbit-out",
+                 scope: str = "global", prune_steps: int = 3, epochs_per_step: int = 2, finetune_epochs: int = 2,
+                 lr: float = 0.01, centroid_lr: float = 3e-4, train_samples: int | None = None,
+                 batch_size: int = 128, seed: int = 0, weights: str | Path | None = None,
+                 eval_samples: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """Deep Compression of an image classifier (:func:`lowbit.flows.compress.deep_compress`), written to
+    ``out/model.lbdc``, then *decoded from that file* and measured.
+
+    Returns:
+        ``{"model", "sparsity", "bits", "fp32": {"accuracy", "bytes", …}, "compressed": {"accuracy", "bytes",
+        "path", …}, "stages": [...], "table": size table}`` — ``compressed.bytes`` is the size of the file at
+        ``path``; ``fp32.bytes`` that of the fp32 state dict as safetensors. ``stages``: one record per training
+        stage (pruning steps, centroid fine-tuning); ``sizes``: the weights' bytes after each encoding stage —
+        ``fp32`` (raw float32), ``pruned`` (float32 values + sparse indices), ``quantized`` (fixed-width codes +
+        indices + codebooks), ``huffman`` — with ``fp32 / bytes``; ``table``: the per-layer size table.
+
+    Raises:
+        ValueError: a text model, or bad options (named).
+    """
+    from lowbit.flows.compress import deep_compress
+    from lowbit.serialize import load_compressed, save_compressed
+    from lowbit.zoo.data import fashion_mnist
+
+    if model.startswith("zoo:minilm"):
+        raise ValueError("lowbit compress retrains image classifiers on Fashion-MNIST; zoo:minilm is a text model")
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    float_model = load_model(model, weights)
+    evaluation = ImageEvaluation(eval_samples)
+    fp32 = evaluation.measure(float_model, fp32_bytes(float_model), "pytorch-fp32")
+    images, labels = fashion_mnist("train").tensors
+    count = len(labels) if train_samples is None else train_samples
+    if not 1 <= count <= len(labels):
+        raise ValueError(f"train_samples must be in 1..{len(labels)}, got {count}")
+    chosen = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:count]
+    result = deep_compress(float_model, (images[chosen], labels[chosen]), sparsity=sparsity, bits=bits,
+                           source=model, scope=scope, prune_steps=prune_steps, epochs_per_step=epochs_per_step,
+                           finetune_epochs=finetune_epochs, lr=lr, centroid_lr=centroid_lr, batch_size=batch_size,
+                           seed=seed, progress=progress)
+    path = save_compressed(result.data, out)
+    decoded = load_compressed(path)  # what the user gets back, not the in-memory model
+    compressed = evaluation.measure(decoded, path.stat().st_size, "pytorch-fp32 (decoded)")
+    compressed["path"] = str(path)
+    total = result.table["total"]
+    sizes = [{"stage": stage, "bytes": total[stage], "ratio": round(total["fp32"] / total[stage], 2)}
+             for stage in ("fp32", "pruned", "quantized", "huffman")]
+    return {"model": model, "sparsity": sparsity, "bits": bits, "fp32": fp32, "compressed": compressed,
+            "stages": result.stages, "sizes": sizes, "table": result.table}
 
 
 def run_bench(model: str, recipe: str | Recipe = "w8a8", calib: int = 256, weights: str | Path | None = None,

@@ -36,10 +36,12 @@ from lowbit.nn.layers import QuantConv, QuantLinear
 from lowbit.recipes import Recipe
 from lowbit.transforms.fold_bn import replace_module
 
-__all__ = ["save_quantized", "load_quantized", "folder_bytes", "build_from_source", "FORMAT"]
+__all__ = ["save_quantized", "load_quantized", "folder_bytes", "build_from_source", "FORMAT", "COMPRESSED_FILE",
+           "save_compressed", "load_compressed", "is_compressed"]
 
 FORMAT = "lowbit-quantized/1"
 _WEIGHTS, _META = "model.safetensors", "lowbit.json"
+COMPRESSED_FILE = "model.lbdc"  # Deep Compression's file (lowbit.compress.container)
 
 
 def build_from_source(source: str) -> nn.Module:
@@ -192,3 +194,46 @@ def folder_bytes(folder: str | Path) -> int:
     """Bytes of the files :func:`save_quantized` wrote (what the model costs on disk)."""
     folder = Path(folder)
     return sum((folder / name).stat().st_size for name in (_WEIGHTS, _META))
+
+
+def save_compressed(data: bytes, folder: str | Path) -> Path:
+    """Write a Deep Compression file (:func:`lowbit.compress.container.encode_model`'s bytes) as
+    ``folder/model.lbdc``; returns the file's path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / COMPRESSED_FILE
+    path.write_bytes(data)
+    return path
+
+
+def is_compressed(path: str | Path) -> bool:
+    """Whether ``path`` is a ``.lbdc`` file or a folder holding ``model.lbdc``."""
+    path = Path(path)
+    return (path.is_file() and path.suffix == ".lbdc") or (path / COMPRESSED_FILE).is_file()
+
+
+def load_compressed(path: str | Path) -> nn.Module:
+    """The fp32 model decoded from a Deep Compression file (or a folder holding ``model.lbdc``), in eval mode.
+
+    The architecture is rebuilt from the source the file names; every tensor is filled bit for bit.
+
+    Raises:
+        ValueError: not a compressed file, a corrupt one, or tensors that do not match the architecture (named).
+    """
+    from lowbit.compress.container import decode_model
+
+    path = Path(path)
+    file = path / COMPRESSED_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(f"{path} is not a lowbit compressed model (needs {COMPRESSED_FILE})")
+    source, state = decode_model(file.read_bytes())
+    model = build_from_source(source)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(f"{file} does not match {source}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                         f"shape mismatch {wrong[:5]}")
+    model.load_state_dict(state)
+    model.lowbit_source = source
+    return model.eval()

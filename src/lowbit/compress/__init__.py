@@ -1,4 +1,11 @@
-"""Deep Compression's storage format (Han et al., 2016): sparse relative indices and canonical Huffman codes.
+"""Deep Compression (Han et al., 2016) and weight sharing: pruning, k-means sharing, Huffman and sparse-index
+coding, the ``.lbdc`` file; INQ and product quantization.
+
+The pipeline as one verb is :func:`lowbit.flows.compress.deep_compress` (CLI ``lowbit compress``). Its parts:
+:mod:`~lowbit.compress.prune` (masks that hold through training), :mod:`~lowbit.compress.share` (k-means
+sharing, centroid fine-tuning), :mod:`~lowbit.compress.encoding` (one layer's stored form and its size at each
+stage), :mod:`~lowbit.compress.container` (the file). :mod:`~lowbit.compress.inq` quantizes to powers of two
+incrementally; :mod:`~lowbit.compress.product` replaces Linear layers by product-quantized ones.
 
 :mod:`~lowbit.compress.sparse_index` turns the kept positions of a pruned tensor into small gaps (with filler
 zeros where a gap overflows), and :mod:`~lowbit.compress.huffman` entropy-codes integer streams such as shared-
@@ -19,7 +26,9 @@ Example:
     (12, [1, 3, 1, 16, 16, 4])
 """
 
-from lowbit.compress import huffman, prune, sparse_index
+from lowbit.compress import container, encoding, huffman, inq, product, prune, share, sparse_index
+from lowbit.compress.container import decode_model, encode_model
+from lowbit.compress.encoding import decode_shared, encode_shared
 from lowbit.compress.huffman import (
     MAX_CODE_LENGTH,
     canonical_codes,
@@ -29,7 +38,10 @@ from lowbit.compress.huffman import (
 )
 from lowbit.compress.huffman import decode as huffman_decode
 from lowbit.compress.huffman import encode as huffman_encode
+from lowbit.compress.inq import INQ, incremental_quantize, power_of_two_levels, quantize_power_of_two
+from lowbit.compress.product import ProductCodes, ProductLinear, product_quantize, product_quantize_linears
 from lowbit.compress.prune import PruneScope, Pruner, Sparsity, magnitude_masks, prune_iteratively
+from lowbit.compress.share import SharedWeight, share_weights, shared_layers, unshare_weights
 from lowbit.compress.sparse_index import decode_relative, encode_relative, pack_gaps, unpack_gaps
 
 __all__ = [
@@ -52,4 +64,25 @@ __all__ = [
     "magnitude_masks",
     "Pruner",
     "prune_iteratively",
+    "share",
+    "SharedWeight",
+    "share_weights",
+    "shared_layers",
+    "unshare_weights",
+    "encoding",
+    "encode_shared",
+    "decode_shared",
+    "container",
+    "encode_model",
+    "decode_model",
+    "inq",
+    "INQ",
+    "incremental_quantize",
+    "power_of_two_levels",
+    "quantize_power_of_two",
+    "product",
+    "ProductCodes",
+    "ProductLinear",
+    "product_quantize",
+    "product_quantize_linears",
 ]
