@@ -219,7 +219,7 @@ def evaluate(
     agreement for minilm."""
     from lowbit.analysis import fp32_bytes
     from lowbit.jobs import backend_of, evaluation_for, load_model
-    from lowbit.serialize import COMPRESSED_FILE, folder_bytes, is_compressed, load_compressed, load_quantized
+    from lowbit.serialize import compressed_file, folder_bytes, is_compressed, load_compressed, load_quantized
 
     try:
         if model.startswith("zoo:"):
@@ -227,8 +227,7 @@ def evaluate(
             size, backend, source = fp32_bytes(net), "pytorch-fp32", model
         elif is_compressed(model):
             net = load_compressed(model)
-            file = Path(model) if Path(model).is_file() else Path(model) / COMPRESSED_FILE
-            size, backend, source = file.stat().st_size, "pytorch-fp32 (decoded)", net.lowbit_source
+            size, backend, source = compressed_file(model).stat().st_size, "pytorch-fp32 (decoded)", net.lowbit_source
         else:
             net = load_quantized(model)
             size, backend, source = folder_bytes(model), backend_of(net.lowbit_recipe), net.lowbit_source

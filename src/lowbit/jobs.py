@@ -220,6 +220,22 @@ def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path 
             "quantized": quantized}
 
 
+def training_subset(count: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` Fashion-MNIST training images and labels (a seeded random subset; all 60000 for None).
+
+    Raises:
+        ValueError: ``count`` outside ``1 … 60000``.
+    """
+    from lowbit.zoo.data import fashion_mnist
+
+    images, labels = fashion_mnist("train").tensors
+    count = len(labels) if count is None else count
+    if not 1 <= count <= len(labels):
+        raise ValueError(f"train_samples must be in 1..{len(labels)}, got {count}")
+    chosen = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:count]
+    return images[chosen], labels[chosen]
+
+
 def run_qat(model: str, recipe: str | Recipe | None = None, quantizer: str = "lsq", epochs: int = 1,
             out: str | Path = "lowbit-out", calib: int = 512, train_samples: int | None = None, lr: float = 0.01,
             batch_size: int = 128, seed: int = 0, weights: str | Path | None = None,
@@ -242,7 +258,6 @@ def run_qat(model: str, recipe: str | Recipe | None = None, quantizer: str = "ls
         ValueError: a text model, or bad options (named).
     """
     from lowbit import qat
-    from lowbit.zoo.data import fashion_mnist
 
     if model.startswith("zoo:minilm"):
         raise ValueError("lowbit qat trains image classifiers on Fashion-MNIST; zoo:minilm is a text model")
@@ -251,11 +266,7 @@ def run_qat(model: str, recipe: str | Recipe | None = None, quantizer: str = "ls
     float_model = load_model(model, weights)
     evaluation = ImageEvaluation(eval_samples)
     fp32 = evaluation.measure(float_model, fp32_bytes(float_model), "pytorch-fp32")
-    images, labels = fashion_mnist("train").tensors
-    count = len(labels) if train_samples is None else train_samples
-    if not 1 <= count <= len(labels):
-        raise ValueError(f"train_samples must be in 1..{len(labels)}, got {count}")
-    chosen = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:count]
+    images, labels = training_subset(train_samples, seed)
     trainable = qat.prepare(float_model, spec, config, calibration=calibration_batches(calib, seed=seed),
                             progress=progress)
     schedules: list[qat.Schedule] = []
@@ -263,7 +274,7 @@ def run_qat(model: str, recipe: str | Recipe | None = None, quantizer: str = "ls
         schedules.append(qat.ProgressiveBits(tuple(progressive), epochs_per_stage=1))
     if two_stage is not None:
         schedules.append(qat.TwoStage(two_stage))
-    fitted = qat.fit(trainable, (images[chosen], labels[chosen]), epochs, lr=lr, batch_size=batch_size, seed=seed,
+    fitted = qat.fit(trainable, (images, labels), epochs, lr=lr, batch_size=batch_size, seed=seed,
                      schedule=schedules, freeze_bn_after=freeze_bn_after, progress=progress)
     frozen = qat.convert(trainable)
     folder = save_quantized(frozen, out, source=model)
@@ -272,7 +283,7 @@ def run_qat(model: str, recipe: str | Recipe | None = None, quantizer: str = "ls
     return {"model": model, "recipe": spec.name, "observer": None, "calibration": f"data:{calib}",
             "transforms": [], "fp32": fp32, "quantized": quantized,
             "qat": {"quantizer": quantizer, "weights": config.weight_quantizer.value,
-                    "activations": config.activation_quantizer.value, "epochs": epochs, "train_samples": count,
+                    "activations": config.activation_quantizer.value, "epochs": epochs, "train_samples": len(labels),
                     "history": fitted.history}}
 
 
@@ -286,32 +297,26 @@ def run_compress(model: str, sparsity: float = 0.92, bits: int = 5, out: str | P
 
     Returns:
         ``{"model", "sparsity", "bits", "fp32": {"accuracy", "bytes", …}, "compressed": {"accuracy", "bytes",
-        "path", …}, "stages": [...], "table": size table}`` — ``compressed.bytes`` is the size of the file at
+        "path", …}, "stages": [...], "sizes": [...], "table": size table}`` — ``compressed.bytes`` is the size of the file at
         ``path``; ``fp32.bytes`` that of the fp32 state dict as safetensors. ``stages``: one record per training
-        stage (pruning steps, centroid fine-tuning); ``sizes``: the weights' bytes after each encoding stage —
+        stage (pruning steps, centroid fine-tuning); ``sizes``: the model's bytes after each encoding stage —
         ``fp32`` (raw float32), ``pruned`` (float32 values + sparse indices), ``quantized`` (fixed-width codes +
-        indices + codebooks), ``huffman`` — with ``fp32 / bytes``; ``table``: the per-layer size table.
+        indices + codebooks), ``huffman``, each with the other tensors (biases: 4 bytes each in ``fp32``, as the file stores them
+        after) — with ``fp32 / bytes``; ``table``: the per-layer size table.
 
     Raises:
         ValueError: a text model, or bad options (named).
     """
     from lowbit.flows.compress import deep_compress
     from lowbit.serialize import load_compressed, save_compressed
-    from lowbit.zoo.data import fashion_mnist
 
     if model.startswith("zoo:minilm"):
         raise ValueError("lowbit compress retrains image classifiers on Fashion-MNIST; zoo:minilm is a text model")
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
     float_model = load_model(model, weights)
     evaluation = ImageEvaluation(eval_samples)
     fp32 = evaluation.measure(float_model, fp32_bytes(float_model), "pytorch-fp32")
-    images, labels = fashion_mnist("train").tensors
-    count = len(labels) if train_samples is None else train_samples
-    if not 1 <= count <= len(labels):
-        raise ValueError(f"train_samples must be in 1..{len(labels)}, got {count}")
-    chosen = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:count]
-    result = deep_compress(float_model, (images[chosen], labels[chosen]), sparsity=sparsity, bits=bits,
+    images, labels = training_subset(train_samples, seed)
+    result = deep_compress(float_model, (images, labels), sparsity=sparsity, bits=bits,
                            source=model, scope=scope, prune_steps=prune_steps, epochs_per_step=epochs_per_step,
                            finetune_epochs=finetune_epochs, lr=lr, centroid_lr=centroid_lr, batch_size=batch_size,
                            seed=seed, progress=progress)

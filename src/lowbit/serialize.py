@@ -37,7 +37,7 @@ from lowbit.recipes import Recipe
 from lowbit.transforms.fold_bn import replace_module
 
 __all__ = ["save_quantized", "load_quantized", "folder_bytes", "build_from_source", "FORMAT", "COMPRESSED_FILE",
-           "save_compressed", "load_compressed", "is_compressed"]
+           "save_compressed", "load_compressed", "is_compressed", "compressed_file"]
 
 FORMAT = "lowbit-quantized/1"
 _WEIGHTS, _META = "model.safetensors", "lowbit.json"
@@ -206,10 +206,16 @@ def save_compressed(data: bytes, folder: str | Path) -> Path:
     return path
 
 
+def compressed_file(path: str | Path) -> Path:
+    """The ``.lbdc`` file ``path`` names: itself, or ``model.lbdc`` inside a folder (which may not exist)."""
+    path = Path(path)
+    return path / COMPRESSED_FILE if path.is_dir() else path
+
+
 def is_compressed(path: str | Path) -> bool:
     """Whether ``path`` is a ``.lbdc`` file or a folder holding ``model.lbdc``."""
-    path = Path(path)
-    return (path.is_file() and path.suffix == ".lbdc") or (path / COMPRESSED_FILE).is_file()
+    file = compressed_file(path)
+    return file.is_file() and file.suffix == ".lbdc"
 
 
 def load_compressed(path: str | Path) -> nn.Module:
@@ -222,18 +228,17 @@ def load_compressed(path: str | Path) -> nn.Module:
     """
     from lowbit.compress.container import decode_model
 
-    path = Path(path)
-    file = path / COMPRESSED_FILE if path.is_dir() else path
+    file = compressed_file(path)
     if not file.is_file():
         raise ValueError(f"{path} is not a lowbit compressed model (needs {COMPRESSED_FILE})")
     source, state = decode_model(file.read_bytes())
     model = build_from_source(source)
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    wrong = sorted(k for k in set(own) & set(state) if (own[k].shape, own[k].dtype) != (state[k].shape, state[k].dtype))
     if missing or unexpected or wrong:
         raise ValueError(f"{file} does not match {source}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                         f"shape mismatch {wrong[:5]}")
+                         f"shape or dtype mismatch {wrong[:5]}")
     model.load_state_dict(state)
     model.lowbit_source = source
     return model.eval()

@@ -311,3 +311,23 @@ def test_float16_exact_tensors_take_two_bytes_and_come_back_as_float32_bit_for_b
     assert state["exact"].dtype == torch.float32
     assert torch.equal(state["exact"].view(torch.int32), exact.view(torch.int32))
     assert torch.equal(state["inexact"], inexact)
+
+
+def _with_header(data: bytes, edit) -> bytes:
+    size = struct.unpack_from("<I", data, 5)[0]
+    header = json.loads(zlib.decompress(data[9 : 9 + size]))
+    edit(header)
+    packed = zlib.compress(json.dumps(header).encode())
+    return data[:5] + struct.pack("<I", len(packed)) + packed + data[9 + size :]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda h: h["tensors"][0].update(kind="dense"), "kind 'dense'"),
+    (lambda h: h["tensors"][0].update(dtype="complex64"), "dtype 'complex64'"),
+    (lambda h: h["tensors"][0].pop("shape"), "shape None"),
+    (lambda h: h.pop("source"), "'source'"),
+])
+def test_a_malformed_header_is_a_value_error_naming_the_field(edit, message):
+    data = encode_model({"b": torch.tensor([0.1, 0.2])}, {}, "demo")
+    with pytest.raises(ValueError, match=message):
+        decode_model(_with_header(data, edit))

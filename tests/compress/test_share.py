@@ -295,3 +295,10 @@ def test_unshare_bakes_the_current_shared_values_in():
         assert torch.equal(module.weight.detach(), values)
     assert torch.equal(model(x).detach(), output)
     assert unshare_weights(model) == 0
+
+
+def test_assigning_a_shared_weight_is_refused_not_ignored():
+    model = nn.Sequential(nn.Linear(4, 3))
+    share_weights(model, bits=2)
+    with pytest.raises(ValueError, match="cannot be assigned"):
+        model[0].weight = torch.zeros(3, 4)

@@ -86,10 +86,14 @@ def test_the_size_table_adds_up(result):
     table, layers = result.table, result.table["layers"]
     state, shared = plain_state(result.model)
     assert set(layers) == {"0.weight", "3.weight"}
-    raw = sum(t.numel() * t.element_size() for k, t in state.items() if k not in shared)
-    assert table["total"]["raw"] == raw == 4 * (4 + 3)
+    # biases end rounded to float16 values (half_biases), which the file stores in 2 bytes each
+    raw_tensors = [t for k, t in state.items() if k not in shared]
+    assert all(torch.equal(t.half().float(), t) for t in raw_tensors)
+    raw = sum(2 * t.numel() for t in raw_tensors)
+    assert table["total"]["raw"] == raw == 2 * (4 + 3)
     for stage in STAGES:
-        assert table["total"][stage] == sum(row[stage] for row in layers.values()) + raw
+        fp32_raw = 4 * (4 + 3) if stage == "fp32" else raw
+        assert table["total"][stage] == sum(row[stage] for row in layers.values()) + fp32_raw
     assert table["total"]["file"] == len(result.data)
     assert table["total"]["weights"] == 36 + 192
     assert table["total"]["weights_kept"] == pytest.approx(0.25, abs=1e-4)
@@ -156,3 +160,27 @@ def test_bad_bits_are_refused_before_anything_changes():
     with pytest.raises(ValueError, match="bits"):
         compress(model, bits=9)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_layers_a_bits_dict_leaves_unshared_keep_their_pruned_zeros_through_fine_tuning():
+    model = tiny()
+    result = compress(model, bits={"0": 3}, finetune_epochs=2)
+    linear = model[3].weight.detach()
+    assert list(shared_layers(model)) == ["0"]
+    assert int((model[0].weight == 0).sum()) + int((linear == 0).sum()) == round(0.75 * (36 + 192))
+    _, state = decode_model(result.data)
+    assert torch.equal(state["3.weight"], linear)  # stored raw, as it was pruned
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"bits": {"9": 3}}, "bits names '9'"),
+    ({"bits": {"0": 9}}, r"bits\['0'\] must be an int in 1..8, got 9"),
+    ({"index_bits": {"typo": 2}}, "index_bits names 'typo'"),
+    ({"index_bits": {"3": 0}}, r"index_bits\['3'\] must be an int in 1..8, got 0"),
+])
+def test_layer_dicts_are_checked_before_any_training(overrides, message):
+    model = tiny()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=message):
+        compress(model, **overrides)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # nothing pruned yet

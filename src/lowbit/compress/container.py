@@ -43,9 +43,9 @@ import zlib
 import numpy as np
 import torch
 
-from lowbit.compress.encoding import EncodedLayer, codes_to_weight, decode_shared, encode_shared
+from lowbit.compress.encoding import SECTIONS, EncodedLayer, codes_to_weight, decode_shared, encode_shared
 
-__all__ = ["MAGIC", "VERSION", "encode_model", "decode_model", "encoded_layers"]
+__all__ = ["MAGIC", "VERSION", "encode_model", "decode_model", "encoded_layers", "read_header"]
 
 MAGIC, VERSION = b"LBDC", 1
 _PREAMBLE = struct.Struct("<4sBI")
@@ -70,7 +70,8 @@ def encoded_layers(shared: dict[str, tuple[torch.Tensor, torch.Tensor, int]], in
 
 
 def encode_model(state: dict[str, torch.Tensor], shared: dict[str, tuple[torch.Tensor, torch.Tensor, int]],
-                 source: str, index_bits: int | dict[str, int] = 5) -> bytes:
+                 source: str, index_bits: int | dict[str, int] = 5,
+                 layers: dict[str, EncodedLayer] | None = None) -> bytes:
     """The file's bytes for ``state`` (a state dict), storing the keys in ``shared`` by their codes.
 
     Args:
@@ -79,12 +80,14 @@ def encode_model(state: dict[str, torch.Tensor], shared: dict[str, tuple[torch.T
             exactly (checked), so the file cannot silently store something else.
         source: the architecture, e.g. ``"zoo:mlp"``.
         index_bits: gap width for every shared tensor, or per key.
+        layers: :func:`encoded_layers` of ``shared`` with these ``index_bits``, if already computed (its payloads
+            are written as they are).
 
     Raises:
         ValueError: a shared key missing from ``state`` or whose codes do not give its values, an unsupported
             dtype (named with its key).
     """
-    layers = encoded_layers(shared, index_bits)
+    layers = encoded_layers(shared, index_bits) if layers is None else layers
     entries, payloads = [], []
     for name, tensor in state.items():
         tensor = tensor.detach().cpu()
@@ -118,13 +121,37 @@ def encode_model(state: dict[str, torch.Tensor], shared: dict[str, tuple[torch.T
     return _PREAMBLE.pack(MAGIC, VERSION, len(header)) + header + b"".join(payloads)
 
 
-def decode_model(data: bytes) -> tuple[str, dict[str, torch.Tensor]]:
-    """Inverse of :func:`encode_model`: ``(source, state dict)``.
+def _check_entry(entry: object, index: int) -> None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise ValueError(f"corrupt compressed file header: tensors[{index}] has no name")
+    where = f"corrupt compressed file header: tensor {entry['name']!r}"
+    shape, size = entry.get("shape"), entry.get("bytes")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"{where}: shape {shape!r} is not a list of non-negative ints")
+    if not isinstance(size, int) or size < 0:
+        raise ValueError(f"{where}: bytes {size!r} is not a non-negative int")
+    kind = entry.get("kind")
+    if kind == "raw":
+        for field in ("dtype", "stored_as"):
+            if (field == "dtype" or field in entry) and entry.get(field) not in _NUMPY:
+                raise ValueError(f"{where}: {field} {entry.get(field)!r} is not one of {', '.join(_NUMPY)}")
+    elif kind == "shared":
+        fields = ("bits", "index_bits", "entries") + tuple(f"{name}_bytes" for name in SECTIONS)
+        fields += ("code_nbits", "gap_nbits") if entry.get("huffman") is True else ()
+        bad = [f for f in fields if not isinstance(entry.get(f), int) or entry[f] < 0]
+        if bad or not isinstance(entry.get("huffman"), bool):
+            raise ValueError(f"{where}: fields {bad or ['huffman']} missing or not valid")
+    else:
+        raise ValueError(f"{where}: kind {kind!r} is not 'shared' or 'raw'")
+
+
+def read_header(data: bytes) -> tuple[dict, int]:
+    """The file's header (checked) and the offset where the payload starts.
 
     Raises:
-        ValueError: not a lowbit compressed file, an unknown version, a truncated file or trailing bytes.
+        ValueError: not a lowbit compressed file, an unknown version, a truncated or corrupt header (the field
+            and value named).
     """
-    data = bytes(data)
     if len(data) < _PREAMBLE.size:
         raise ValueError(f"not a lowbit compressed file: {len(data)} bytes")
     magic, version, header_size = _PREAMBLE.unpack_from(data)
@@ -139,9 +166,25 @@ def decode_model(data: bytes) -> tuple[str, dict[str, torch.Tensor]]:
         header = json.loads(zlib.decompress(data[_PREAMBLE.size : at]))
     except (zlib.error, ValueError) as error:
         raise ValueError(f"corrupt compressed file header: {error}") from error
+    if not isinstance(header, dict) or not isinstance(header.get("source"), str) or not isinstance(
+            header.get("tensors"), list):
+        raise ValueError("corrupt compressed file header: needs a 'source' string and a 'tensors' list")
+    for index, entry in enumerate(header["tensors"]):
+        _check_entry(entry, index)
+    return header, at
+
+
+def decode_model(data: bytes) -> tuple[str, dict[str, torch.Tensor]]:
+    """Inverse of :func:`encode_model`: ``(source, state dict)``.
+
+    Raises:
+        ValueError: not a lowbit compressed file, an unknown version, a truncated file or trailing bytes.
+    """
+    data = bytes(data)
+    header, at = read_header(data)
     state = {}
     for entry in header["tensors"]:
-        size = int(entry["bytes"])
+        size = entry["bytes"]
         payload = data[at : at + size]
         if len(payload) != size:
             raise ValueError(f"truncated compressed file: tensor {entry['name']!r} needs {size} bytes")

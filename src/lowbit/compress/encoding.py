@@ -44,6 +44,7 @@ from lowbit.compress.huffman import code_lengths, lengths_from_bytes, lengths_to
 from lowbit.compress.huffman import decode as huffman_decode
 from lowbit.compress.huffman import encode as huffman_encode
 from lowbit.compress.sparse_index import decode_relative, encode_relative, pack_gaps, unpack_gaps
+from lowbit.functional.codebook import check_shared_bits, lookup_with_zero
 from lowbit.functional.packing import pack, packed_size, unpack
 
 __all__ = ["EncodedLayer", "encode_shared", "decode_shared", "codes_to_weight"]
@@ -68,8 +69,7 @@ class EncodedLayer:
 
 def codes_to_weight(codes: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """The shared weight ``[0, *centroids][codes]`` in float32: the tensor the codes and codebook stand for."""
-    table = torch.cat([torch.zeros(1), centroids.detach().to(torch.float32).reshape(-1)])
-    return table[codes]
+    return lookup_with_zero(centroids.detach().to(torch.float32), codes)
 
 
 def _huffman(values: np.ndarray) -> tuple[bytes, bytes, int]:
@@ -90,8 +90,7 @@ def encode_shared(codes: torch.Tensor, centroids: torch.Tensor, bits: int, index
     Raises:
         ValueError: codes outside ``0 … 2^bits − 1``, or a codebook of the wrong length.
     """
-    if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits!r}")
+    check_shared_bits(bits)
     book = centroids.detach().to(torch.float32).reshape(-1)
     if book.numel() != (1 << bits) - 1:
         raise ValueError(f"centroids must hold 2^bits − 1 = {(1 << bits) - 1} values for bits={bits}, got "

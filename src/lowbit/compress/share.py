@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from lowbit.functional.codebook import KMeansInit, kmeans_1d
+from lowbit.functional.codebook import KMeansInit, check_shared_bits, kmeans_1d, lookup_with_zero
 
 __all__ = ["SharedWeight", "SharedLayer", "share_weights", "shared_layers", "unshare_weights"]
 
@@ -46,11 +46,14 @@ class SharedWeight(nn.Module):
         self._initial = centroids  # what right_inverse hands to parametrize as the trainable tensor
 
     def forward(self, centroids: torch.Tensor) -> torch.Tensor:
-        table = torch.cat([centroids.new_zeros(1), centroids])
-        return table[self.codes]
+        return lookup_with_zero(centroids, self.codes)
 
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
-        return self._initial
+        if self._initial is None:  # assigning layer.weight = t later cannot be mapped back to centroids
+            raise ValueError("a shared weight cannot be assigned; set its centroids "
+                             "(module.parametrizations.weight.original) or unshare_weights first")
+        initial, self._initial = self._initial, None
+        return initial
 
 
 @dataclass(frozen=True)
@@ -67,12 +70,6 @@ class SharedLayer:
     @property
     def centroids(self) -> nn.Parameter:
         return self.module.parametrizations.weight.original
-
-
-def _check_bits(bits: object) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
-        raise ValueError(f"bits must be an int in 1..8 (2^bits − 1 shared values plus zero), got {bits!r}")
-    return bits
 
 
 def share_weights(
@@ -104,11 +101,11 @@ def share_weights(
     """
     per_layer = bits if isinstance(bits, dict) else None
     if per_layer is None:
-        _check_bits(bits)
+        check_shared_bits(bits)
     modules = dict(model.named_modules())
     if per_layer is not None:
         for name, width in per_layer.items():
-            _check_bits(width)
+            check_shared_bits(width)
             if not isinstance(modules.get(name), include):
                 raise ValueError(f"bits names layer {name!r}, which is not a {'/'.join(t.__name__ for t in include)}"
                                  " of the model")

@@ -25,7 +25,8 @@ from enum import StrEnum
 
 import torch
 
-__all__ = ["create_dynamic_map", "quantize_blockwise", "dequantize_blockwise", "KMeansInit", "kmeans_1d"]
+__all__ = ["create_dynamic_map", "quantize_blockwise", "dequantize_blockwise", "KMeansInit", "kmeans_1d",
+           "check_shared_bits", "lookup_with_zero"]
 
 
 def _segment_midpoints(count: int) -> torch.Tensor:
@@ -288,3 +289,24 @@ def kmeans_1d(
         previous = assignments
     assignments = _nearest(x, centroids)
     return centroids.to(values.dtype), assignments.view(values.shape)
+
+
+def check_shared_bits(bits: object, name: str = "bits") -> int:
+    """``bits`` for a shared-weight code (1..8: ``2^bits − 1`` centroids plus the zero), or ValueError naming it."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise ValueError(f"{name} must be an int in 1..8 (2^bits − 1 shared values plus zero), got {bits!r}")
+    return bits
+
+
+def lookup_with_zero(centroids: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """``[0, *centroids][codes]``: Deep Compression's shared weight, code 0 being the exact zero of a pruned weight.
+
+    Differentiable in ``centroids``: the backward of the gather sums the gradients of the weights sharing a
+    centroid (docs/math.md C2.1).
+
+    Example:
+        >>> lookup_with_zero(torch.tensor([-0.5, 0.25]), torch.tensor([[0, 2], [1, 2]]))
+        tensor([[ 0.0000,  0.2500],
+                [-0.5000,  0.2500]])
+    """
+    return torch.cat([centroids.new_zeros(1), centroids.reshape(-1)])[codes]
