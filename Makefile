@@ -48,6 +48,7 @@ bench: $(STAMP) data peers
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/qat.py resnet20 --epochs 2 --train 20000
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/binary_gemm.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/binary_nets.py --part all --epochs 2
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/deep_compression.py --part all
 
 # Peer quantizers (torchao, NNCF) live in their own environment with the same torch pin; only benchmarks use it.
 PEERS_VENV := .venv-peers
