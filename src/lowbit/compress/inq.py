@@ -51,12 +51,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
+from lowbit.compress.hold import WeightHold
 from lowbit.compress.prune import _included
 
 __all__ = ["FrozenFraction", "power_of_two_levels", "quantize_power_of_two", "INQ", "incremental_quantize"]
@@ -175,8 +174,9 @@ class FrozenFraction:
     overall: float
 
 
-class INQ:
-    """Per-layer power-of-two levels, frozen masks, and the hooks that keep frozen weights fixed while training.
+class INQ(WeightHold):
+    """Per-layer power-of-two levels, frozen masks, and the hooks that keep frozen weights fixed while training
+    (:class:`~lowbit.compress.hold.WeightHold`: ``attach``, ``detach``, ``apply``).
 
     ``(n1, n2)`` of every layer come from its weight when the ``INQ`` is built (eq. INQ.1) and never change. The
     frozen mask (True = quantized and frozen) only grows, through :meth:`step`; the frozen values are kept beside
@@ -212,7 +212,7 @@ class INQ:
     def __init__(
         self, model: nn.Module, bits: int, include: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
     ) -> None:
-        self.model = model
+        super().__init__(model)
         self.bits = _check_bits(bits)
         weights = _included(model, include)
         if not weights:
@@ -230,9 +230,6 @@ class INQ:
         self._frozen = {name: torch.zeros(w.shape, dtype=torch.bool, device=w.device) for name, w in weights.items()}
         self._values = {name: torch.zeros(w.shape, dtype=w.dtype, device=w.device) for name, w in weights.items()}
         self._portion = 0.0
-        self._optimizers: list[torch.optim.Optimizer] = []
-        self._grad_handles: list[RemovableHandle] = []
-        self._step_handles: list[RemovableHandle] = []
 
     @property
     def levels(self) -> dict[str, tuple[int, int]]:
@@ -248,9 +245,6 @@ class INQ:
     def portion(self) -> float:
         """The portion of the last :meth:`step`, 0.0 before the first."""
         return self._portion
-
-    def _weight(self, name: str) -> torch.Tensor:
-        return self.model.get_submodule(name).weight
 
     def step(self, portion: float) -> None:
         """Quantize and freeze the largest unfrozen weights so that ``round(portion · n)`` of each layer are frozen.
@@ -284,69 +278,16 @@ class INQ:
         self._portion = portion
         self.apply()
 
-    def _zero_state(self, optimizer: torch.optim.Optimizer) -> None:
-        # As Pruner._zero_state: state tensors of the weight's shape (SGD momentum_buffer, Adam exp_avg / exp_avg_sq /
-        # max_exp_avg_sq) are cleared at frozen positions, so nothing accumulated there carries into later steps.
-        for name, frozen in self._frozen.items():
-            for value in optimizer.state.get(self._weight(name), {}).values():
-                if isinstance(value, torch.Tensor) and value.shape == frozen.shape:
-                    value.masked_fill_(frozen, 0)
+    def _names(self) -> list[str]:
+        return list(self._frozen)
 
-    @torch.no_grad()
-    def _restore(self) -> None:
+    def _held_mask(self, name: str) -> torch.Tensor:
+        return self._frozen[name]
+
+    def _write_held(self) -> None:
         for name, frozen in self._frozen.items():
             weight = self._weight(name)
             weight.copy_(torch.where(frozen, self._values[name], weight))
-
-    @torch.no_grad()
-    def apply(self) -> None:
-        """Write the frozen values into the weights, and zero gradients and attached optimizers' state there."""
-        self._restore()
-        for name, frozen in self._frozen.items():
-            grad = self._weight(name).grad
-            if grad is not None:
-                grad.masked_fill_(frozen, 0)
-        for optimizer in self._optimizers:
-            self._zero_state(optimizer)
-
-    def _mask_grad(self, name: str, grad: torch.Tensor) -> torch.Tensor:
-        # masked_fill, not grad * mask: a NaN or inf gradient at a frozen position must not leak through.
-        return grad.masked_fill(self._frozen[name], 0)
-
-    def attach(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Keep frozen weights fixed during training, as :meth:`Pruner.attach` keeps pruned ones at zero.
-
-        Registers a gradient hook on each weight that zeros the gradient at frozen positions (once, however many
-        optimizers are attached) and, for ``optimizer``, a step post-hook that writes the frozen values back and
-        zeros the optimizer's per-element state there; then calls :meth:`apply`. With those, frozen weights are
-        bit-identical after any number of steps of SGD (momentum, Nesterov, weight decay), Adam or AdamW. Without an
-        optimizer only gradients are masked: enough for plain SGD without weight decay, not more.
-
-        Args:
-            optimizer: the optimizer that trains the model, or None. Attaching the same one twice is a no-op.
-        """
-        if not self._grad_handles:
-            for name in self._frozen:
-                weight = self._weight(name)
-                if weight.requires_grad:
-                    self._grad_handles.append(weight.register_hook(partial(self._mask_grad, name)))
-        if optimizer is not None and all(optimizer is not o for o in self._optimizers):
-            self._optimizers.append(optimizer)
-            self._step_handles.append(optimizer.register_step_post_hook(self._after_step))
-        self.apply()
-
-    def _after_step(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-        self._restore()
-        with torch.no_grad():
-            self._zero_state(optimizer)
-
-    def detach(self) -> None:
-        """Remove every hook :meth:`attach` registered; masks and frozen values stay, and :meth:`apply` works."""
-        for handle in self._grad_handles + self._step_handles:
-            handle.remove()
-        self._grad_handles.clear()
-        self._step_handles.clear()
-        self._optimizers.clear()
 
     def frozen_fraction(self) -> FrozenFraction:
         """Frozen / numel per layer and overall, counted on the masks."""

@@ -37,11 +37,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import partial
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
+
+from lowbit.compress.hold import WeightHold
 
 __all__ = ["PruneScope", "Sparsity", "magnitude_masks", "Pruner", "prune_iteratively"]
 
@@ -189,8 +189,9 @@ def magnitude_masks(
     return {name: part.view(weights[name].shape).to(weights[name].device) for name, part in zip(names, parts)}
 
 
-class Pruner:
-    """Masks for a model's weights, and the hooks that keep pruned weights at zero during training.
+class Pruner(WeightHold):
+    """Masks for a model's weights, and the hooks that keep pruned weights at zero during training
+    (:class:`~lowbit.compress.hold.WeightHold`: ``attach``, ``detach``, ``apply``).
 
     The masks (module name → bool keep-mask of the weight's shape) are the only state; weights are looked up by
     module name at every use, so after the weights are replaced — e.g. by k-means centroids — :meth:`apply` and
@@ -220,11 +221,8 @@ class Pruner:
     """
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-        self.model = model
+        super().__init__(model)
         self._masks = {name: self._checked(name, mask) for name, mask in masks.items()}
-        self._optimizers: list[torch.optim.Optimizer] = []
-        self._grad_handles: list[RemovableHandle] = []
-        self._step_handles: list[RemovableHandle] = []
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
@@ -249,66 +247,15 @@ class Pruner:
             raise ValueError(f"masks[{name!r}] must have shape {tuple(weight.shape)}, got {tuple(mask.shape)}")
         return mask.to(weight.device)
 
-    def _mask_grad(self, name: str, grad: torch.Tensor) -> torch.Tensor:
-        # masked_fill, not grad * mask: a NaN or inf gradient at a pruned position must not leak through as NaN.
-        return grad.masked_fill(~self._masks[name], 0)
+    def _names(self) -> list[str]:
+        return list(self._masks)
 
-    def _zero_state(self, optimizer: torch.optim.Optimizer) -> None:
-        # Every per-element state tensor (SGD momentum_buffer, Adam exp_avg / exp_avg_sq / max_exp_avg_sq, …) has
-        # the parameter's shape; scalars such as Adam's `step` do not and are left alone. With zero gradient,
-        # zero weight and zero state at a pruned position, the next update there is zero for SGD and Adam(W).
+    def _held_mask(self, name: str) -> torch.Tensor:
+        return ~self._masks[name]
+
+    def _write_held(self) -> None:
         for name, mask in self._masks.items():
-            state = optimizer.state.get(self._weight(name), {})
-            for value in state.values():
-                if isinstance(value, torch.Tensor) and value.shape == mask.shape:
-                    value.masked_fill_(~mask, 0)
-
-    @torch.no_grad()
-    def apply(self) -> None:
-        """Zero the pruned weights in place (and their gradients and, if attached, the optimizers' state)."""
-        for name, mask in self._masks.items():
-            weight = self._weight(name)
-            weight.masked_fill_(~mask, 0)
-            if weight.grad is not None:
-                weight.grad.masked_fill_(~mask, 0)
-        for optimizer in self._optimizers:
-            self._zero_state(optimizer)
-
-    def attach(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Keep the masks during training: mask gradients and clean up after every ``optimizer.step()``.
-
-        Registers a tensor hook on each masked weight that zeros its gradient at pruned positions (once, however
-        many optimizers are attached), then — for ``optimizer`` — a step post-hook that re-zeros the pruned
-        weights and the optimizer's state tensors of the weight's shape at pruned positions. Finally calls
-        :meth:`apply`, which also clears state the optimizer built up before pruning (e.g. momentum). Without an
-        optimizer only the gradient hooks are registered: enough for plain SGD, not for momentum or weight decay.
-
-        Args:
-            optimizer: the optimizer that trains the model, or None. Attaching the same one twice is a no-op.
-        """
-        if not self._grad_handles:
-            for name in self._masks:
-                weight = self._weight(name)
-                if weight.requires_grad:
-                    self._grad_handles.append(weight.register_hook(partial(self._mask_grad, name)))
-        if optimizer is not None and all(optimizer is not o for o in self._optimizers):
-            self._optimizers.append(optimizer)
-            self._step_handles.append(optimizer.register_step_post_hook(self._after_step))
-        self.apply()
-
-    def _after_step(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-        with torch.no_grad():
-            for name, mask in self._masks.items():
-                self._weight(name).masked_fill_(~mask, 0)
-            self._zero_state(optimizer)
-
-    def detach(self) -> None:
-        """Remove every hook :meth:`attach` registered; the masks stay and :meth:`apply` still works."""
-        for handle in self._grad_handles + self._step_handles:
-            handle.remove()
-        self._grad_handles.clear()
-        self._step_handles.clear()
-        self._optimizers.clear()
+            self._weight(name).masked_fill_(~mask, 0)
 
     def update(self, masks: Mapping[str, torch.Tensor]) -> None:
         """Replace masks by smaller ones (iterative pruning) and apply them at once.
