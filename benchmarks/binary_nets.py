@@ -60,11 +60,16 @@ def _fit(model, train, epochs: int, seed: int = 0) -> dict:
     return {"seconds": round(time.perf_counter() - started, 1), "final_loss": round(history[-1]["loss"], 4)}
 
 
-def accuracy_part(epochs: int, train_count: int) -> None:
+def _data(train_count: int) -> tuple:
+    """Test images and labels, the first ``train_count`` training pairs, and 512 calibration images."""
     images, labels = fashion_mnist("test").tensors
     train_images, train_labels = fashion_mnist("train").tensors
     train = (train_images[:train_count], train_labels[:train_count])
-    calibration = [train_images[i : i + 128] for i in range(0, 512, 128)]
+    return images, labels, train, [train_images[i : i + 128] for i in range(0, 512, 128)]
+
+
+def accuracy_part(epochs: int, train_count: int) -> None:
+    images, labels, train, calibration = _data(train_count)
     results = {}
     for name, build in (("bnn_mlp", bnn_mlp), ("bnn_cnn", bnn_cnn)):
         torch.manual_seed(0)
@@ -96,10 +101,7 @@ def accuracy_part(epochs: int, train_count: int) -> None:
 def seeds_part(epochs: int, train_count: int, rules: list[str], seeds: int) -> None:
     """The rules' fine-tuning repeated under ``seeds`` seeds (data order and stochastic parts) from one fp32 start
     point, to tell which gaps between rules are larger than the spread a seed alone causes."""
-    images, labels = fashion_mnist("test").tensors
-    train_images, train_labels = fashion_mnist("train").tensors
-    train = (train_images[:train_count], train_labels[:train_count])
-    calibration = [train_images[i : i + 128] for i in range(0, 512, 128)]
+    images, labels, train, calibration = _data(train_count)
     results = {}
     for name, build in (("bnn_mlp", bnn_mlp), ("bnn_cnn", bnn_cnn)):
         torch.manual_seed(0)

@@ -1,7 +1,6 @@
 """One shared layer's stored form: bit-exact round trips, every stage's bytes recomputed by hand (entries by walking
 the positions, Huffman costs by an independent heapq merge), and corrupt payloads refused."""
 
-import heapq
 import math
 
 import numpy as np
@@ -12,6 +11,7 @@ from hypothesis import strategies as st
 
 from lowbit.compress.encoding import codes_to_weight, decode_shared, encode_shared
 from lowbit.compress.huffman import lengths_from_bytes, lengths_to_bytes
+from tests.compress.huffman_oracle import optimal_cost
 
 SECTIONS = ("codebook", "code_table", "codes", "gap_table", "gaps")
 
@@ -33,18 +33,8 @@ def entry_positions(flat: np.ndarray, index_bits: int) -> list[int]:
 
 
 def huffman_cost(symbols: list[int]) -> int:
-    """Σ count·length of an optimal prefix code (each merge adds one bit to every leaf below it); a single
-    symbol costs one bit per occurrence, no symbol costs nothing."""
-    weights = [c for c in np.bincount(symbols).tolist() if c > 0] if symbols else []
-    if len(weights) <= 1:
-        return sum(weights)
-    heapq.heapify(weights)
-    total = 0
-    while len(weights) > 1:
-        merged = heapq.heappop(weights) + heapq.heappop(weights)
-        total += merged
-        heapq.heappush(weights, merged)
-    return total
+    """Σ count·length of an optimal prefix code for ``symbols`` (no symbol costs nothing)."""
+    return optimal_cost(np.bincount(symbols).tolist() if symbols else [])
 
 
 def entropy_bits(symbols: list[int]) -> float:

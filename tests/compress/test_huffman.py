@@ -1,6 +1,5 @@
 """Canonical Huffman coding: optimality against an independent merge-cost oracle, the bit stream against strings."""
 
-import heapq
 import time
 from fractions import Fraction
 
@@ -19,21 +18,7 @@ from lowbit.compress.huffman import (
     lengths_from_bytes,
     lengths_to_bytes,
 )
-
-
-def optimal_cost(counts: list[int]) -> int:
-    """Σ count·length of an optimal prefix code: the sum of all weights Huffman's merges create (each merge adds
-    one bit to every leaf below it). One used symbol still costs one bit per occurrence."""
-    weights = [c for c in counts if c > 0]
-    if len(weights) == 1:
-        return weights[0]
-    heapq.heapify(weights)
-    total = 0
-    while len(weights) > 1:
-        merged = heapq.heappop(weights) + heapq.heappop(weights)
-        total += merged
-        heapq.heappush(weights, merged)
-    return total
+from tests.compress.huffman_oracle import optimal_cost
 
 
 def bit_string(symbols, lengths) -> str:

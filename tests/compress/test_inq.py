@@ -12,15 +12,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lowbit.compress.inq import INQ, incremental_quantize, power_of_two_levels, quantize_power_of_two
+from tests.compress.small_models import model_and_input, weights_of
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add scheduling noise (and contend with other jobs on the machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small problems: threads only add noise
 
 
 # ---------------------------------------------------------------------------------------------------- references
@@ -151,33 +146,6 @@ def test_rule_properties(values: list[float], n1: int, span: int) -> None:
 # --------------------------------------------------------------------------------------------------- INQ state
 
 
-def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
-
-
-class SmallCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.ReLU(), nn.Flatten())
-        self.head = nn.Linear(6 * 2 * 2, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def model_and_input(kind: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
-    torch.manual_seed(seed)
-    if kind == "mlp":
-        return mlp(), torch.randn(32, 20)
-    return SmallCNN(), torch.randn(32, 2, 6, 6)
-
-
-def weights_of(model: nn.Module) -> dict[str, np.ndarray]:
-    return {
-        name: module.weight.detach().numpy().copy()
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear | nn.Conv2d)
-    }
 
 
 def oracle_newly_frozen(weight: np.ndarray, frozen: np.ndarray, portion: float) -> np.ndarray:

@@ -19,13 +19,7 @@ from lowbit.compress.product import (
 sklearn_cluster = pytest.importorskip("sklearn.cluster")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small problems: intra-op threads only add scheduling noise (and contend with other jobs on the machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small problems: threads only add noise
 
 
 def inertia(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> float:

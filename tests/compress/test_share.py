@@ -10,13 +10,7 @@ from torch.nn.utils import parametrize
 from lowbit.compress.share import SharedWeight, share_weights, shared_layers, unshare_weights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny layers: intra-op threads only add scheduling noise (and contend with other jobs on the machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small problems: threads only add noise
 
 
 def pruned_(module: nn.Module, fraction: float, seed: int = 0) -> nn.Module:

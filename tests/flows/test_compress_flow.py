@@ -12,12 +12,7 @@ from lowbit.flows.compress import deep_compress, plain_state
 STAGES = ("fp32", "pruned", "quantized", "huffman", "stored")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small problems: threads only add noise
 
 
 def tiny() -> nn.Sequential:
