@@ -1,5 +1,6 @@
 """Packed ±1 products against float matrix products of the same signs (exact integers)."""
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -64,6 +65,16 @@ def test_two_threads_split_rows_or_columns_and_agree(m, n, k, monkeypatch):
     one = binary_matmul(pack_signs(a), pack_signs(b), k, threads=1)
     assert torch.equal(binary_matmul(pack_signs(a), pack_signs(b), k, threads=2), one)
     assert torch.equal(one.double(), _signs(a) @ _signs(b).T)
+
+
+def test_a_threads_argument_leaves_numbas_setting_as_it_was(monkeypatch):
+    # the product runs its jobs on numba's pool, setting its thread count for the call only
+    monkeypatch.setattr(_xor_popcount_llvm, "_WORK_PER_THREAD", 1)
+    before = numba.get_num_threads()
+    a = pack_signs(torch.randn(40, 200))
+    binary_matmul(a, a, 200, threads=numba.config.NUMBA_NUM_THREADS)
+    binary_matmul(a, a, 200, threads=1)
+    assert numba.get_num_threads() == before
 
 
 def test_the_portable_kernel_gives_the_same_integers(monkeypatch):

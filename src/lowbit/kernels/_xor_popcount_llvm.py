@@ -11,7 +11,9 @@ past ``N`` zero (``xor_popcount_pack``, one pass, ~0.2% of the product at 4096³
 (512 KiB) × blocks of rows of ``A`` (in L1 while the group streams past) × the panels, so each block writes its
 output rows left to right. Two accumulators narrow into one 64-byte int32 store (``VPERMT2D``); rows past the
 end re-read the last row and are not stored, columns past ``N`` are masked off. Threads take row ranges (or
-panel ranges when there are fewer row blocks), each a ctypes call that releases the GIL.
+panel ranges when there are fewer row blocks) in numba's parallel pool, the pool that packs and unfolds the
+signs around this product. A pool of our own would compete with that pool's workers, which spin for a while
+after each parallel loop: on 2 cores a second thread then gained nothing inside a network (docs/benchmarks.md).
 
 The ceiling: on Zen 4 each 512-bit op occupies two of the four 256-bit vector pipes, so the three ops per 512
 MACs cap a core at 4·256/3 ≈ 341 binary MACs per cycle, half of what full-width pipes would give
@@ -29,11 +31,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from llvmlite import ir
 
@@ -245,15 +246,16 @@ class XorPopcountGemm:
     _engine: object  # owns the machine code the two function pointers point into
     _pack: ctypes._CFuncPtr
     _gemm: ctypes._CFuncPtr
+    _run: object  # :func:`_job_runner` of ``_gemm``
 
     def __call__(self, a: np.ndarray, b: np.ndarray, k: int, threads: int) -> np.ndarray:
-        """``out[i, j] = k − 2·popcount(a[i] XOR b[j])`` over the words, split across ``threads`` Python threads.
+        """``out[i, j] = k − 2·popcount(a[i] XOR b[j])`` over the words, split across ``threads`` threads.
 
         Args:
             a: ``(M, W)`` C-contiguous ``uint64`` rows of ``A``.
             b: ``(N, W)`` C-contiguous ``uint64`` rows of ``B``.
             k: the unpacked length (the caller checked that ``W`` words hold it).
-            threads: how many threads share the work (ctypes releases the GIL during each call).
+            threads: how many of numba's threads share the work.
 
         Returns:
             ``(M, N)`` ``int32`` array.
@@ -269,12 +271,13 @@ class XorPopcountGemm:
         group = max(1, _GROUP_BYTES // (8 * words * self.panel))
         # A thread costs tens of µs to wake: small products run on fewer (the integers are the same either way).
         threads = max(1, min(threads, m * n * words // _WORK_PER_THREAD))
-        calls = [functools.partial(self._gemm, a.ctypes.data, packed.ctypes.data, out.ctypes.data, n, words, k,
-                                   *job, group) for job in _split(m, self.rows, panels, threads)]
-        pending = [_pool(os.getpid()).submit(call) for call in calls[1:]]
-        calls[0]()
-        for future in pending:
-            future.result()
+        jobs = np.array(_split(m, self.rows, panels, threads), dtype=np.int64)
+        previous = numba.get_num_threads()
+        numba.set_num_threads(max(1, min(len(jobs), numba.config.NUMBA_NUM_THREADS)))
+        try:  # the addresses stay valid: a, packed and out are alive until the call returns
+            self._run(a.ctypes.data, packed.ctypes.data, out.ctypes.data, n, words, k, jobs, group)
+        finally:
+            numba.set_num_threads(previous)
         return out
 
 
@@ -301,10 +304,20 @@ def _aligned(size: int) -> np.ndarray:
     return raw[skip:skip + size]
 
 
-@functools.cache
-def _pool(pid: int) -> ThreadPoolExecutor:
-    """Worker threads, one pool per ``pid``: a forked child gets its own (its parent's threads did not survive)."""
-    return ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix="lowbit-xnor")
+def _job_runner(gemm: ctypes._CFuncPtr) -> object:
+    """A numba function running ``gemm`` once per row of ``jobs`` (``r0, r1, p0, p1``) on numba's threads.
+
+    numba calls the compiled kernel through a ctypes prototype with integer arguments (addresses included), so
+    the call costs no Python; compiling it takes about a second, once per process.
+    """
+    call = ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * 11)(ctypes.cast(gemm, ctypes.c_void_p).value)
+
+    @numba.njit(parallel=True, nogil=True)
+    def run(a: int, packed: int, out: int, n: int, words: int, k: int, jobs: np.ndarray, group: int) -> None:
+        for t in numba.prange(jobs.shape[0]):
+            call(a, packed, out, n, words, k, jobs[t, 0], jobs[t, 1], jobs[t, 2], jobs[t, 3], group)
+
+    return run
 
 
 @functools.cache
@@ -357,4 +370,4 @@ def compile_kernel(rows: int, vecs: int) -> XorPopcountGemm:
     gemm = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, *[ctypes.c_int64] * 8)(
         engine.get_function_address("xor_popcount_gemm"))
     return XorPopcountGemm(f"llvm-avx512 ({cpu}, {rows}x{vecs * LANES} block)", rows, vecs * LANES, engine, pack,
-                           gemm)
+                           gemm, _job_runner(gemm))
