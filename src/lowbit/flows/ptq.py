@@ -53,7 +53,8 @@ from lowbit.transforms.smooth_quant import apply_smoothing, smooth_quant
 from lowbit.transforms.split_outliers import apply_splits, split_outliers
 from lowbit.transforms.fold_bn import fold_bn, modules_called_once, replace_module
 
-__all__ = ["quantize", "prepare", "QuantizationSummary", "make_observer", "calibrate", "bind_accumulator_bias"]
+__all__ = ["quantize", "prepare", "QuantizationSummary", "make_observer", "calibrate", "bind_accumulator_bias",
+           "weight_plans", "weight_observer_of"]
 
 _OBSERVERS = {
     ObserverKind.MINMAX: MinMaxObserver,
@@ -107,6 +108,21 @@ def _layer_names(model: nn.Module) -> list[str]:
 def _plans(root: nn.Module, recipe: Recipe) -> dict[str, Any]:
     names = _layer_names(root)
     return {name: recipe.plan(name, first=i == 0, last=i == len(names) - 1) for i, name in enumerate(names)}
+
+
+def weight_plans(root: nn.Module, recipe: Recipe) -> dict[str, QuantSpec]:
+    """The weight spec each Linear/Conv layer of ``root`` gets under ``recipe`` (first/last-layer bits, overrides
+    and per-group fallback applied), in first-use order; layers the recipe keeps in float are left out.
+
+    ``root`` is the model as the swap sees it: :func:`lowbit.transforms.fold_bn`'s graph when it can be traced.
+    """
+    return {name: _fit_groups(plan.weight, root.get_submodule(name).weight.shape, name, None)
+            for name, plan in _plans(root, recipe).items() if not plan.skip and plan.weight is not None}
+
+
+def weight_observer_of(recipe: Recipe) -> WeightObserver:
+    """The weight observer ``recipe`` names (min/max or MSE; others are errors naming the field)."""
+    return _weight_observer(recipe.weight_observer)
 
 
 def _swap_layers(root: nn.Module, recipe: Recipe, summary: QuantizationSummary, wrap_input: bool) -> None:
