@@ -32,8 +32,8 @@ import torch
 from lowbit import quantize
 from lowbit.analysis.evaluation import accuracy
 from lowbit.jobs import calibration_batches, load_model
-from lowbit.mixed import MEASURES, allocate, choose_bits, model_bytes, prepare_subject, size_cost
-from lowbit.mixed.budget import code_bits_budget, mixed_recipe
+from lowbit.mixed import MEASURES, allocate, choose_bits, model_bytes, prepare_subject, size_budget
+from lowbit.mixed.budget import mixed_recipe
 from lowbit.mixed.search import average_bits
 from lowbit.reports.mixed import plot_pareto, plot_sensitivity
 from lowbit.zoo.data import fashion_mnist
@@ -63,7 +63,6 @@ def run_model(name: str, images: torch.Tensor, labels: torch.Tensor, samples: in
                              "accuracy": _evaluate(model, mixed_recipe("w8", uniform), images, labels)}
         print(name, "uniform", b, out["uniform"][b], flush=True)
     w4_bytes = out["uniform"][4]["bytes"]
-    cost = size_cost(subject)
     for measure in MEASURES:
         choice = choose_bits(model, measure, batches, recipe="w8", bits=BITS, budget_bytes=w4_bytes, samples=samples,
                              frontier=True)
@@ -71,8 +70,9 @@ def run_model(name: str, images: torch.Tensor, labels: torch.Tensor, samples: in
         out["seconds"][measure] = round(table.seconds, 2)
         rows = []
         for share in SHARES:
-            limit = code_bits_budget(subject, budget_avg_bits=4.0 * share) if share != 1.0 else \
-                choice.budget["cost_limit"]
+            # W4's bytes exactly; smaller budgets as mean bits per weight
+            cost, limit = size_budget(subject, budget_bytes=w4_bytes) if share == 1.0 else \
+                size_budget(subject, budget_avg_bits=4.0 * share)
             allocation = allocate(table.loss, cost, limit)
             acc = _evaluate(model, mixed_recipe("w8", allocation.bits), images, labels)
             rows.append({"share_of_w4": share, "bytes": model_bytes(subject, allocation.bits),

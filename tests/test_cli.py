@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,6 +143,41 @@ def test_quantize_with_learned_rounding_lists_it_and_reloads(tmp_path):
     assert again.exit_code == 0 and json.loads(again.stdout)["accuracy"] == data["quantized"]["accuracy"]
 
 
+def test_quantize_mixed_json_lists_the_bits_and_keeps_the_budget(tmp_path):
+    out = tmp_path / "m"
+    result = runner.invoke(app, ["quantize", "--model", "zoo:lenet5", "--recipe", "w8", "--mixed", "sqnr",
+                                 "--budget-avg-bits", "3.5", "--bits", "2,4,8", "--calib", "128", "--out", str(out),
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    mixed = data["mixed"]
+    assert data["recipe"] == "w8-mixed" and mixed["measure"] == "sqnr"
+    assert list(mixed["bits"]) == ["0", "3", "7", "9", "11"] and set(mixed["bits"].values()) <= {2, 4, 8}
+    assert mixed["avg_bits"] <= 3.5 and mixed["budget"] == {"kind": "avg_bits", "value": 3.5,
+                                                          "cost_limit": mixed["budget"]["cost_limit"]}
+    # the saved model holds the chosen widths: reload and look at each layer
+    from lowbit.serialize import load_quantized
+
+    loaded = load_quantized(out)
+    layers = {name: m for name, m in loaded.named_modules() if hasattr(m, "weight_q")}
+    assert {k: layers[k].weight_spec.bits for k in mixed["bits"]} == mixed["bits"]
+    for name, bits in mixed["bits"].items():  # and the codes are on that grid (narrow range)
+        assert int(layers[name].weight_q.abs().max()) <= 2 ** (bits - 1) - 1
+
+
+def test_sensitivity_json_and_plots(tmp_path):
+    result = runner.invoke(app, ["sensitivity", "--model", "zoo:lenet5", "--measure", "entropy,kl", "--bits", "2,8",
+                                 "--calib", "64", "--plot", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [t["measure"] for t in data["tables"]] == ["entropy", "kl"] and data["bits"] == [2, 8]
+    for table in data["tables"]:
+        assert list(table["values"]) == ["0", "3", "7", "9", "11"]
+        assert all(set(row) == {"2", "8"} for row in table["loss"].values())
+        assert all(row["2"] >= row["8"] for row in table["loss"].values())  # fewer bits lose more
+    assert sorted(Path(p).name for p in data["plots"]) == ["sensitivity_entropy.png", "sensitivity_kl.png"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -161,6 +197,15 @@ def test_quantize_with_learned_rounding_lists_it_and_reloads(tmp_path):
         (["qat", "--model", "zoo:lenet5", "--progressive", "8,x"], "--progressive must be"),
         (["qat", "--model", "zoo:lenet5", "--recipe", "w8-dynamic"], "static or weight-only"),
         (["qat", "--model", "zoo:minilm"], "zoo:minilm is a text model"),
+        (["quantize", "--model", "zoo:lenet5", "--mixed", "psnr", "--budget-avg-bits", "4"], "--mixed 'psnr' is not"),
+        (["quantize", "--model", "zoo:lenet5", "--mixed", "kl"], "needs exactly one budget"),
+        (["quantize", "--model", "zoo:lenet5", "--budget-bytes", "9000"], "need --mixed"),
+        (["quantize", "--model", "zoo:lenet5", "--mixed", "kl", "--budget-avg-bits", "4", "--bits", "1,4"],
+         "--bits must list bit widths in 2..16"),
+        (["quantize", "--model", "zoo:lenet5", "--recipe", "w8", "--mixed", "entropy", "--budget-bytes", "100"],
+         "budget_bytes=100 is below the cheapest allocation"),
+        (["sensitivity", "--model", "zoo:lenet5", "--measure", "sqnr,fisher"], "--measure 'sqnr,fisher'"),
+        (["sensitivity", "--model", "zoo:lenet5", "--recipe", "fp16"], "needs a recipe with integer weights"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(args, message):

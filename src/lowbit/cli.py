@@ -71,6 +71,13 @@ def quantize(
                                       help="SmoothQuant alpha for Linear layers after a LayerNorm (transformers)"),
     rounding: str = typer.Option(None, "--rounding",
                                  help="weight rounding: nearest, gptq or adaround (learned on the calibration data)"),
+    mixed: str = typer.Option(None, "--mixed", help="mixed precision: choose weight bits per layer by this "
+                              "sensitivity measure (sqnr, kl, hessian, entropy) within a budget"),
+    budget_bytes: int = typer.Option(None, "--budget-bytes", min=1, help="with --mixed: the model's tensor bytes limit (packed codes, scales, other tensors; "
+                                      "the saved folder adds its metadata)"),
+    budget_avg_bits: float = typer.Option(None, "--budget-avg-bits", min=0.0,
+                                          help="with --mixed: the mean weight bits limit"),
+    bits: str = typer.Option("2,3,4,6,8", "--bits", help="with --mixed: candidate weight bit widths"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
 ) -> None:
     """Quantize a model after training, save it, and compare it with fp32 on the Fashion-MNIST test set.
@@ -81,6 +88,8 @@ def quantize(
     Example: lowbit quantize --model zoo:resnet20 --recipe w4a8 --rounding gptq --json
 
     Example: lowbit quantize --model zoo:minilm --recipe w8a8 --smoothquant 0.5 --json
+
+    Example: lowbit quantize --model zoo:resnet20 --recipe w8 --mixed hessian --budget-avg-bits 3.4 --json
     """
     from lowbit.jobs import run_ptq
     from lowbit.recipes import ObserverKind, Transforms, WeightRounding, load_recipe
@@ -104,8 +113,88 @@ def quantize(
             spec = dataclasses.replace(spec, weight_rounding=rounding)
     except (ValueError, FileNotFoundError) as error:
         _fail(str(error))
+    choice = _mixed_options(mixed, budget_bytes, budget_avg_bits, bits)
     _run_and_report(lambda: run_ptq(model, spec, calib=calib, out=out, observer=observer, weights=weights,
-                                    progress=True, zero_shot=zero_shot), as_json)
+                                    progress=True, zero_shot=zero_shot, mixed=choice), as_json)
+
+
+@app.command("sensitivity")
+def sensitivity_command(
+    model: str = typer.Option(..., help="zoo:NAME or path/to/file.py:factory"),
+    measure: str = typer.Option("all", help="sqnr, kl, hessian, entropy, a comma list, or all"),
+    bits: str = typer.Option("2,3,4,6,8", "--bits", help="candidate weight bit widths"),
+    recipe: str = typer.Option("w8", help="the base recipe whose weight spec and observer are used"),
+    calib: int = typer.Option(512, min=1, help="calibration samples (Fashion-MNIST train, seeded subset)"),
+    weights: Path = typer.Option(None, help="weights for a file model (.safetensors, or .pt loaded weights_only)"),
+    zero_shot: int = typer.Option(None, "--zero-shot", min=1, help="measure on N zero-shot samples instead of data"),
+    plot: Path = typer.Option(None, "--plot", help="a folder for sensitivity_<measure>.png plots"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+) -> None:
+    """How much each layer suffers at each weight bit width, with only that layer quantized.
+
+    Example: lowbit sensitivity --model zoo:resnet20 --measure sqnr,hessian --bits 2,4,8 --plot plots --json
+    """
+    from lowbit.jobs import run_sensitivity
+    from lowbit.mixed import MEASURES
+
+    measures = list(MEASURES) if measure == "all" else [m.strip() for m in measure.split(",") if m.strip()]
+    unknown = [m for m in measures if m not in MEASURES]
+    if unknown or not measures:
+        _fail(f"--measure {measure!r}: use {', '.join(MEASURES)}, a comma list of them, or all")
+    chosen = _bit_list(bits)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = run_sensitivity(model, measures, chosen, recipe=recipe, calib=calib, weights=weights,
+                                     zero_shot=zero_shot, plot=plot, progress=True)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    for w in caught:
+        err.print(f"warning: {w.message}", highlight=False, markup=False)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    console = Console()
+    for table in result["tables"]:
+        widths = sorted({int(b) for row in table["values"].values() for b in row})
+        view = Table(title=f"{result['model']}: {table['measure']} ({table['unit']}), {table['seconds']} s")
+        view.add_column("layer")
+        for b in widths:
+            view.add_column(f"{b} bits", justify="right")
+        for layer, row in table["values"].items():
+            # a null figure is an infinite one (the layer's quantization left the output exact)
+            view.add_row(layer, *(("inf" if row[str(b)] is None else f"{row[str(b)]:.4g}") if str(b) in row else ""
+                                  for b in widths))
+        console.print(view)
+    for path in result["plots"]:
+        typer.echo(f"plot: {path}")
+
+
+def _bit_list(text: str, option: str = "--bits") -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        _fail(f"{option} must be comma-separated integers like 2,3,4,6,8, got {text!r}")
+    if not values or any(not 2 <= b <= 16 for b in values):
+        _fail(f"{option} must list bit widths in 2..16, got {text!r}")
+    return values
+
+
+def _mixed_options(measure: str | None, budget_bytes: int | None, budget_avg_bits: float | None,
+                   bits: str) -> dict[str, Any] | None:
+    """The keyword arguments of lowbit.mixed.choose_bits from quantize's options, or None without --mixed."""
+    from lowbit.mixed import MEASURES
+
+    if measure is None:
+        if budget_bytes is not None or budget_avg_bits is not None:
+            _fail("--budget-bytes and --budget-avg-bits need --mixed MEASURE")
+        return None
+    if measure not in MEASURES:
+        _fail(f"--mixed {measure!r} is not one of {', '.join(MEASURES)}")
+    if (budget_bytes is None) == (budget_avg_bits is None):
+        _fail("--mixed needs exactly one budget: --budget-bytes N or --budget-avg-bits B")
+    return {"measure": measure, "bits": _bit_list(bits), "budget_bytes": budget_bytes,
+            "budget_avg_bits": budget_avg_bits}
 
 
 def _run_and_report(job: Callable[[], dict[str, Any]], as_json: bool) -> None:

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,11 +172,61 @@ def backend_of(recipe: Recipe) -> str:
     return _BACKENDS.get(recipe.mode, "simulation")
 
 
+def calibration_data(model: str, float_model: nn.Module, evaluation: ImageEvaluation | TextEvaluation, calib: int,
+                     zero_shot: int | None, progress: bool) -> tuple[list[Any], str]:
+    """Calibration batches and where they came from: ``calib`` samples of data (``"data:N"``) or ``zero_shot``
+    samples distilled from ``float_model``'s BatchNorm statistics (``"zero-shot:N"``)."""
+    if zero_shot is None:
+        return evaluation.calibration(calib), f"data:{calib}"
+    from lowbit.flows.zero_shot import zero_shot_data
+
+    example = evaluation.calibration(1)[0]
+    if not isinstance(example, torch.Tensor):
+        raise ValueError(f"--zero-shot distils image-like tensor inputs; {model} takes {type(example).__name__}")
+    return zero_shot_data(float_model, zero_shot, tuple(example.shape[1:]), progress=progress), \
+        f"zero-shot:{zero_shot}"
+
+
+def run_sensitivity(model: str, measures: Sequence[str], bits: Sequence[int] = (2, 3, 4, 6, 8),
+                    recipe: str | Recipe = "w8", calib: int = 512, weights: str | Path | None = None,
+                    zero_shot: int | None = None, plot: str | Path | None = None, progress: bool = False,
+                    ) -> dict[str, Any]:
+    """Per-layer sensitivity tables of ``model`` (:func:`lowbit.mixed.sensitivity`) on calibration batches.
+
+    The Hessian measure's labels are the fp32 model's predictions (the batches carry none). ``plot``: a folder
+    that receives ``sensitivity_<measure>.png`` per measure.
+
+    Returns:
+        ``{"model", "recipe", "bits", "calibration", "tables": [SensitivityTable.to_dict(), …], "plots": [paths]}``
+    """
+    from lowbit.mixed import prepare_subject, sensitivity
+
+    spec = load_recipe(recipe)
+    float_model = load_model(model, weights)
+    batches, source = calibration_data(model, float_model, evaluation_for(model, float_model), calib, zero_shot,
+                                       progress)
+    subject = prepare_subject(float_model, spec, bits)
+    tables = [sensitivity(subject, measure, batches, progress=progress) for measure in measures]
+    plots: list[str] = []
+    if plot is not None:
+        from lowbit.reports import plot_sensitivity
+
+        folder = Path(plot)
+        folder.mkdir(parents=True, exist_ok=True)
+        plots = [str(plot_sensitivity(t, folder / f"sensitivity_{t.measure}.png", title=model)) for t in tables]
+    return {"model": model, "recipe": spec.name, "bits": sorted(set(bits)), "calibration": source,
+            "tables": [t.to_dict() for t in tables], "plots": plots}
+
+
 def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path = "lowbit-out",
             observer: str | None = None, weights: str | Path | None = None, eval_samples: int | None = None,
             progress: bool = False, fp32: dict[str, Any] | None = None, zero_shot: int | None = None,
-            ) -> dict[str, Any]:
+            mixed: dict[str, Any] | None = None) -> dict[str, Any]:
     """Quantize ``model`` with ``recipe`` (activation observer optionally replaced), save to ``out``, measure.
+
+    ``mixed``: keyword arguments of :func:`lowbit.mixed.choose_bits` (``measure``, ``bits`` and one budget); the
+    recipe's weight bits are then chosen per layer on the calibration batches, and the result gains ``"mixed"``
+    (:meth:`lowbit.mixed.MixedPrecision.to_dict`: the bits chosen per layer, the budget, the predicted bytes).
 
     ``fp32`` reuses the baseline's measurements from an earlier call on the same model (the demo does, once per
     model) instead of measuring it again. ``zero_shot``: calibrate on that many samples distilled from the
@@ -199,25 +250,25 @@ def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path 
     evaluation = evaluation_for(model, float_model, eval_samples)
     if fp32 is None:
         fp32 = evaluation.measure(float_model, fp32_bytes(float_model), "pytorch-fp32")
-    if zero_shot is not None:
-        from lowbit.flows.zero_shot import zero_shot_data
+    batches, source = calibration_data(model, float_model, evaluation, calib, zero_shot, progress)
+    chosen = None
+    if mixed is not None:
+        from lowbit.mixed import choose_bits
 
-        example = evaluation.calibration(1)[0]
-        if not isinstance(example, torch.Tensor):
-            raise ValueError(f"--zero-shot distils image-like tensor inputs; {model} takes {type(example).__name__}")
-        batches, source = zero_shot_data(float_model, zero_shot, tuple(example.shape[1:]), progress=progress), \
-            f"zero-shot:{zero_shot}"
-    else:
-        batches, source = evaluation.calibration(calib), f"data:{calib}"
+        chosen = choose_bits(float_model, batches=batches, recipe=spec, progress=progress, **mixed)
+        spec = chosen.recipe
     qmodel = quantize(float_model, spec, calibration=batches, progress=progress)
     folder = save_quantized(qmodel, out, source=model)
     quantized = evaluation.measure(qmodel, folder_bytes(folder), backend_of(spec))
     quantized["path"] = str(folder)
     # only static recipes calibrate activations: elsewhere no observer had any say in the result
     observer_used = spec.activation_observer.value if spec.mode is Mode.STATIC else None
-    return {"model": model, "recipe": spec.name, "observer": observer_used, "calibration": source,
-            "transforms": list(qmodel.quantization_summary.transforms), "fp32": fp32,
-            "quantized": quantized}
+    result = {"model": model, "recipe": spec.name, "observer": observer_used, "calibration": source,
+              "transforms": list(qmodel.quantization_summary.transforms), "fp32": fp32,
+              "quantized": quantized}
+    if chosen is not None:
+        result["mixed"] = chosen.to_dict()
+    return result
 
 
 def training_subset(count: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

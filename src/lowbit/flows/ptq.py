@@ -54,7 +54,7 @@ from lowbit.transforms.split_outliers import apply_splits, split_outliers
 from lowbit.transforms.fold_bn import fold_bn, modules_called_once, replace_module
 
 __all__ = ["quantize", "prepare", "QuantizationSummary", "make_observer", "calibrate", "bind_accumulator_bias",
-           "weight_plans", "weight_observer_of"]
+           "weight_plans", "weight_observer_of", "quantizable_layers"]
 
 _OBSERVERS = {
     ObserverKind.MINMAX: MinMaxObserver,
@@ -118,6 +118,12 @@ def weight_plans(root: nn.Module, recipe: Recipe) -> dict[str, QuantSpec]:
     """
     return {name: _fit_groups(plan.weight, root.get_submodule(name).weight.shape, name, None)
             for name, plan in _plans(root, recipe).items() if not plan.skip and plan.weight is not None}
+
+
+def quantizable_layers(root: nn.Module) -> list[str]:
+    """The Linear/Conv layers a recipe can quantize, in first-use order (the first and last are those a recipe's
+    ``first_last_bits`` applies to, whether or not the recipe skips them)."""
+    return _layer_names(root)
 
 
 def weight_observer_of(recipe: Recipe) -> WeightObserver:

@@ -16,11 +16,12 @@ Example:
 """
 
 from lowbit.mixed.allocate import Allocation, allocate, pareto_frontier
-from lowbit.mixed.budget import bops_cost, code_bits_budget, fixed_bytes, layer_macs, mixed_recipe, model_bytes, size_cost
+from lowbit.mixed.budget import (bops_cost, fixed_bytes, layer_macs, mixed_recipe, model_bytes, size_budget,
+                                 size_cost)
 from lowbit.mixed.hessian import hutchinson_traces
 from lowbit.mixed.search import MixedPrecision, average_bits, choose_bits
 from lowbit.mixed.sensitivity import MEASURES, SensitivityTable, Subject, prepare_subject, sensitivity
 
 __all__ = ["Allocation", "allocate", "pareto_frontier", "size_cost", "bops_cost", "layer_macs", "fixed_bytes",
-           "model_bytes", "code_bits_budget", "mixed_recipe", "hutchinson_traces", "MixedPrecision", "choose_bits",
+           "model_bytes", "size_budget", "mixed_recipe", "hutchinson_traces", "MixedPrecision", "choose_bits",
            "average_bits", "MEASURES", "SensitivityTable", "Subject", "prepare_subject", "sensitivity"]

@@ -2,10 +2,11 @@
 
 Two budgets:
 
-- **model bytes**: a layer with ``n`` weights at ``b`` bits stores ``n·b`` bits of packed codes. Everything else
-  is fixed by the recipe: the other parameters and buffers at float32, and a float32 scale plus an int32 zero
-  point per qparam set (channel or group). :func:`model_bytes` adds them up; the allocator's cost is the code
-  bits alone, and a byte budget is turned into code bits by taking the fixed part off.
+- **model bytes**: a layer with ``n`` weights at ``b`` bits stores ``⌈n·b/8⌉`` bytes of packed codes.
+  Everything else is fixed by the recipe: the other stored tensors at float32, and a float32 scale plus an int32
+  zero point per qparam set (channel or group). :func:`model_bytes` adds them up; under a byte budget the
+  allocator's cost is each layer's code bytes and its limit the budget less the fixed part, so the budget holds
+  exactly. Under a mean-bits budget the cost is code bits.
 - **BOPs** (bit operations, Baskin et al. / HAWQ): ``MACs × b_w × b_a`` per layer and sample, with ``b_a`` the
   recipe's activation bits (32 when activations stay float).
 
@@ -38,15 +39,18 @@ from lowbit.analysis.evaluation import call
 from lowbit.recipes import Mode, Override, Recipe, load_recipe
 from lowbit.functional.affine import qparam_shape
 
-__all__ = ["size_cost", "bops_cost", "layer_macs", "fixed_bytes", "model_bytes", "code_bits_budget",
-           "mixed_recipe"]
+__all__ = ["size_cost", "bops_cost", "layer_macs", "fixed_bytes", "model_bytes", "size_budget", "mixed_recipe"]
 
 _QPARAM_BYTES = 8  # a float32 scale and an int32 zero point per channel or group
 
 
-def size_cost(subject: Any) -> dict[str, dict[int, int]]:
-    """Layer → bits → the bits its packed weight codes take (``weights × bits``)."""
-    return {name: {b: subject.layer(name).weight.numel() * b for b in candidates}
+def size_cost(subject: Any, unit: str = "bits") -> dict[str, dict[int, int]]:
+    """Layer → bits → what its packed weight codes take: ``weights × bits`` bits, or (``unit="bytes"``) that
+    rounded up to whole bytes, as :func:`model_bytes` counts them."""
+    if unit not in ("bits", "bytes"):
+        raise ValueError(f"unit must be 'bits' or 'bytes', got {unit!r}")
+    per_byte = 8 if unit == "bytes" else 1
+    return {name: {b: -(-subject.layer(name).weight.numel() * b // per_byte) for b in candidates}
             for name, candidates in subject.candidates.items()}
 
 
@@ -88,11 +92,12 @@ def bops_cost(subject: Any, example: Any) -> dict[str, dict[int, int]]:
 
 
 def fixed_bytes(subject: Any) -> int:
-    """Bytes that do not depend on the chosen bits: every parameter and buffer other than the candidates' weights
-    at float32, plus each candidate layer's qparams."""
+    """Bytes that do not depend on the chosen bits: every stored tensor (the state dict: parameters and
+    persistent buffers) other than the candidates' weights at 4 bytes per value, plus each candidate layer's
+    qparams."""
     weights = {id(subject.layer(name).weight) for name in subject.candidates}
-    other = sum(t.numel() for t in subject.model.parameters() if id(t) not in weights)
-    other += sum(b.numel() for b in subject.model.buffers() if b.is_floating_point())
+    other = sum(t.numel() for t in subject.model.state_dict(keep_vars=True).values()
+                if id(t) not in weights and t.is_floating_point())
     qparams = sum(math.prod(qparam_shape(subject.layer(name).weight.shape, spec.granularity))
                   for name, spec in subject.specs.items())
     return 4 * other + _QPARAM_BYTES * qparams
@@ -105,25 +110,28 @@ def model_bytes(subject: Any, bits: Mapping[str, int]) -> int:
     return codes + fixed_bytes(subject)
 
 
-def code_bits_budget(subject: Any, budget_bytes: int | None = None, budget_avg_bits: float | None = None) -> int:
-    """The code bits a budget leaves: ``8 × (budget_bytes − fixed)`` less the per-layer byte rounding, or
-    ``budget_avg_bits × weights`` (floored).
+def size_budget(subject: Any, budget_bytes: int | None = None, budget_avg_bits: float | None = None,
+                ) -> tuple[dict[str, dict[int, int]], int]:
+    """The allocator's costs and limit for one size budget.
+
+    ``budget_bytes``: costs are each layer's code bytes and the limit is ``budget_bytes − fixed_bytes``, so an
+    allocation within it has :func:`model_bytes` ≤ ``budget_bytes``. ``budget_avg_bits``: costs are code bits and
+    the limit ``⌊budget_avg_bits × weights⌋``.
 
     Raises:
-        ValueError: not exactly one budget, or a non-positive one.
+        ValueError: not exactly one budget, or one that is not a positive number (bools included).
     """
     if (budget_bytes is None) == (budget_avg_bits is None):
         raise ValueError("give exactly one budget: budget_bytes or budget_avg_bits")
     if budget_avg_bits is not None:
-        if not budget_avg_bits > 0:
-            raise ValueError(f"budget_avg_bits must be > 0, got {budget_avg_bits}")
+        if isinstance(budget_avg_bits, bool) or not isinstance(budget_avg_bits, (int, float)) \
+                or not budget_avg_bits > 0:
+            raise ValueError(f"budget_avg_bits must be > 0, got {budget_avg_bits!r}")
         total = sum(subject.layer(name).weight.numel() for name in subject.candidates)
-        return math.floor(budget_avg_bits * total)
-    assert budget_bytes is not None
+        return size_cost(subject, "bits"), math.floor(budget_avg_bits * total)
     if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0:
         raise ValueError(f"budget_bytes must be a positive int, got {budget_bytes!r}")
-    # each layer's codes round up to whole bytes: keep those ≤ 7 bits per layer out of the budget
-    return 8 * (budget_bytes - fixed_bytes(subject)) - 7 * len(subject.candidates)
+    return size_cost(subject, "bytes"), budget_bytes - fixed_bytes(subject)
 
 
 def mixed_recipe(base: str | Recipe, bits: Mapping[str, int], name: str | None = None) -> Recipe:

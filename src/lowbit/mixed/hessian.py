@@ -7,8 +7,9 @@ trace of a layer's block of the Hessian never needs the block itself. One draw o
 gives every layer's estimate: the block-diagonal parts of ``vᵀHv`` separate by layer.
 
 The loss is averaged over the batches (the Hessian of the mean loss is the mean of the batch Hessians), and the
-estimate averages ``samples`` draws per batch. Its standard error falls as ``1/√samples``; for a block with
-Hessian ``H`` the variance of one draw is ``2·Σ_{i≠j} Hᵢⱼ²``.
+estimate averages ``samples`` draws per batch. Its standard error falls as one over the square root of the
+draws. The off-diagonal entries of ``H`` make up its variance: those within the layer's block, and, since one
+draw serves all layers, those between the layer and the others.
 
 Example:
     >>> import torch

@@ -29,7 +29,7 @@ from typing import Any
 from torch import nn
 
 from lowbit.mixed.allocate import Allocation, allocate, pareto_frontier
-from lowbit.mixed.budget import bops_cost, code_bits_budget, mixed_recipe, model_bytes, size_cost
+from lowbit.mixed.budget import bops_cost, mixed_recipe, model_bytes, size_budget
 from lowbit.mixed.sensitivity import SensitivityTable, Subject, _inputs, prepare_subject, sensitivity
 from lowbit.recipes import Recipe
 
@@ -110,15 +110,15 @@ def choose_bits(model: nn.Module, measure: str = "sqnr", batches: Iterable[Any] 
             raise ValueError(f"budget_bops must be a positive int, got {budget_bops!r}")
         cost, limit, kind, value = bops_cost(subject, _inputs(data[0])), budget_bops, "bops", budget_bops
     else:
-        cost = size_cost(subject)
-        limit = code_bits_budget(subject, budget_bytes, budget_avg_bits)
+        cost, limit = size_budget(subject, budget_bytes, budget_avg_bits)
         kind, value = ("bytes", budget_bytes) if budget_bytes is not None else ("avg_bits", budget_avg_bits)
     table = sensitivity(subject, measure, data, samples=samples, seed=seed, progress=progress)
     cheapest = sum(min(row.values()) for row in cost.values())
     if limit < cheapest:
         floor = model_bytes(subject, {n: min(c) for n, c in subject.candidates.items()})
+        unit = {"bops": "BOPs", "bytes": "code bytes", "avg_bits": "code bits"}[kind]
         raise ValueError(f"{given[0]}={value} is below the cheapest allocation (all layers at their fewest bits: "
-                         f"{floor} bytes, {cheapest} {'BOPs' if kind == 'bops' else 'code bits'})")
+                         f"{floor} bytes, {cheapest} {unit})")
     allocation = allocate(table.loss, cost, limit)
     points = pareto_frontier(table.loss, cost) if frontier else []
     return MixedPrecision(mixed_recipe(subject.recipe, allocation.bits), allocation, table, points,

@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lowbit.analysis.evaluation import call
-from lowbit.flows.ptq import weight_observer_of, weight_plans
+from lowbit.flows.ptq import quantizable_layers, weight_observer_of, weight_plans
 from lowbit.functional.affine import dequantize
 from lowbit.mixed.hessian import hutchinson_traces
 from lowbit.nn.layers import quantize_weight
@@ -125,11 +125,9 @@ def prepare_subject(model: nn.Module, recipe: str | Recipe, bits: Sequence[int])
     specs = weight_plans(work, base)
     if not specs:
         raise ValueError(f"the model has no Linear/Conv layer that recipe {base.name!r} quantizes")
-    names = list(specs)
-    candidates = {}
-    for i, name in enumerate(names):
-        fixed = base.first_last_bits is not None and i in (0, len(names) - 1)
-        candidates[name] = (specs[name].bits,) if fixed else chosen
+    layers = quantizable_layers(work)  # first and last as PTQ counts them, skipped layers included
+    ends = {layers[0], layers[-1]} if base.first_last_bits is not None else set()
+    candidates = {name: (spec.bits,) if name in ends else chosen for name, spec in specs.items()}
     return Subject(work, specs, candidates, base)
 
 
