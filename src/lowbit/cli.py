@@ -73,8 +73,9 @@ def quantize(
                                  help="weight rounding: nearest, gptq or adaround (learned on the calibration data)"),
     mixed: str = typer.Option(None, "--mixed", help="mixed precision: choose weight bits per layer by this "
                               "sensitivity measure (sqnr, kl, hessian, entropy) within a budget"),
-    budget_bytes: int = typer.Option(None, "--budget-bytes", min=1, help="with --mixed: the model's tensor bytes limit (packed codes, scales, other tensors; "
-                                      "the saved folder adds its metadata)"),
+    budget_bytes: int = typer.Option(None, "--budget-bytes", min=1,
+                                     help="with --mixed: the model's tensor bytes limit (packed codes, scales, other "
+                                     "tensors; the saved folder adds its metadata)"),
     budget_avg_bits: float = typer.Option(None, "--budget-avg-bits", min=0.0,
                                           help="with --mixed: the mean weight bits limit"),
     bits: str = typer.Option("2,3,4,6,8", "--bits", help="with --mixed: candidate weight bit widths"),

@@ -100,7 +100,8 @@ def choose_bits(model: nn.Module, measure: str = "sqnr", batches: Iterable[Any] 
     given = [k for k, v in (("budget_bytes", budget_bytes), ("budget_avg_bits", budget_avg_bits),
                             ("budget_bops", budget_bops)) if v is not None]
     if len(given) != 1:
-        raise ValueError(f"give exactly one budget (budget_bytes, budget_avg_bits or budget_bops), got {given or 'none'}")
+        raise ValueError("give exactly one budget (budget_bytes, budget_avg_bits or budget_bops), got "
+                         f"{given or 'none'}")
     data = list(batches) if batches is not None else None
     subject = prepare_subject(model, recipe, bits)
     if budget_bops is not None:
@@ -112,13 +113,13 @@ def choose_bits(model: nn.Module, measure: str = "sqnr", batches: Iterable[Any] 
     else:
         cost, limit = size_budget(subject, budget_bytes, budget_avg_bits)
         kind, value = ("bytes", budget_bytes) if budget_bytes is not None else ("avg_bits", budget_avg_bits)
-    table = sensitivity(subject, measure, data, samples=samples, seed=seed, progress=progress)
     cheapest = sum(min(row.values()) for row in cost.values())
-    if limit < cheapest:
+    if limit < cheapest:  # before the measure, which can take minutes
         floor = model_bytes(subject, {n: min(c) for n, c in subject.candidates.items()})
         unit = {"bops": "BOPs", "bytes": "code bytes", "avg_bits": "code bits"}[kind]
         raise ValueError(f"{given[0]}={value} is below the cheapest allocation (all layers at their fewest bits: "
                          f"{floor} bytes, {cheapest} {unit})")
+    table = sensitivity(subject, measure, data, samples=samples, seed=seed, progress=progress)
     allocation = allocate(table.loss, cost, limit)
     points = pareto_frontier(table.loss, cost) if frontier else []
     return MixedPrecision(mixed_recipe(subject.recipe, allocation.bits), allocation, table, points,

@@ -14,8 +14,8 @@ while every other layer stays in float32. Each table has the measure's own figur
   (:mod:`lowbit.mixed.hessian`). Labels come with the batches or, without them, are the fp32 model's predictions.
   ``values`` hold ``Tr(H)/n``, one per layer (the same for every bit width).
 - ``entropy``: the Shannon entropy in bits of the layer's weight codes. Loss: the fraction of the layer's
-  information the codes discard, ``(H₁₆ − H_b)/H₁₆``, against its 16-bit codes. This measure reads weights only,
-  with no data.
+  information the codes discard, ``(H₁₆ − H_b)/H₁₆``, against its 16-bit codes. This measure reads weights
+  only, with no data.
 
 Example:
     >>> import torch
