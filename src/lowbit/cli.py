@@ -143,15 +143,8 @@ def sensitivity_command(
     if unknown or not measures:
         _fail(f"--measure {measure!r}: use {', '.join(MEASURES)}, a comma list of them, or all")
     chosen = _bit_list(bits)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = run_sensitivity(model, measures, chosen, recipe=recipe, calib=calib, weights=weights,
-                                     zero_shot=zero_shot, plot=plot, progress=True)
-    except (ValueError, FileNotFoundError) as error:
-        _fail(str(error))
-    for w in caught:
-        err.print(f"warning: {w.message}", highlight=False, markup=False)
+    result = _run_job(lambda: run_sensitivity(model, measures, chosen, recipe=recipe, calib=calib, weights=weights,
+                                              zero_shot=zero_shot, plot=plot, progress=True))
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -198,9 +191,8 @@ def _mixed_options(measure: str | None, budget_bytes: int | None, budget_avg_bit
             "budget_avg_bits": budget_avg_bits}
 
 
-def _run_and_report(job: Callable[[], dict[str, Any]], as_json: bool) -> None:
-    """Run a quantize-like job; bad input exits 2 with its message, warnings go to stderr, and the result is
-    printed as one JSON object or as the results table."""
+def _run_job(job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run a job: bad input exits 2 with its message, and warnings go to stderr."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -209,6 +201,13 @@ def _run_and_report(job: Callable[[], dict[str, Any]], as_json: bool) -> None:
         _fail(str(error))
     for w in caught:
         err.print(f"warning: {w.message}", highlight=False, markup=False)
+    return result
+
+
+def _run_and_report(job: Callable[[], dict[str, Any]], as_json: bool) -> None:
+    """Run a quantize-like job; bad input exits 2 with its message, warnings go to stderr, and the result is
+    printed as one JSON object or as the results table."""
+    result = _run_job(job)
     if as_json:
         typer.echo(json.dumps(result))
         return
