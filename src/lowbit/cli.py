@@ -502,12 +502,7 @@ def weights(
     from lowbit.spec import PerChannel, PerGroup, PerTensor
     from lowbit.zoo import MiniLMNotInstalled, minilm_linear_weights
 
-    try:
-        widths = [int(b) for b in bits.split(",") if b.strip()]
-    except ValueError:
-        widths = []
-    if not widths or any(not 2 <= b <= 16 for b in widths):
-        _fail(f"--bits must list widths in 2..16, got {bits!r}")
+    widths = list(_bit_list(bits))
     try:
         tensors = minilm_linear_weights()
     except MiniLMNotInstalled as error:

@@ -56,7 +56,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,18 +120,23 @@ def _integer(value: object) -> int | None:
     return operator.index(value)
 
 
+def _same_keys(sensitivity: Mapping, cost: Mapping, label: Callable[[object], str]) -> None:
+    """Raise a ValueError naming the first key (``label(key)``) that only one of the two mappings has."""
+    for key in sensitivity:
+        if key not in cost:
+            raise ValueError(f"{label(key)} is in sensitivity but not in cost")
+    for key in cost:
+        if key not in sensitivity:
+            raise ValueError(f"{label(key)} is in cost but not in sensitivity")
+
+
 def _validate(sensitivity: Mapping[str, Mapping[int, float]], cost: Mapping[str, Mapping[int, int]]) -> _Problem:
     for name, table in (("sensitivity", sensitivity), ("cost", cost)):
         if not isinstance(table, Mapping):
             raise ValueError(f"{name} must be a mapping {{layer: {{bits: value}}}}, got {type(table).__name__}")
     if not sensitivity and not cost:
         raise ValueError("sensitivity and cost must have at least one layer")
-    for layer in sensitivity:
-        if layer not in cost:
-            raise ValueError(f"layer {layer!r} is in sensitivity but not in cost")
-    for layer in cost:
-        if layer not in sensitivity:
-            raise ValueError(f"layer {layer!r} is in cost but not in sensitivity")
+    _same_keys(sensitivity, cost, lambda layer: f"layer {layer!r}")
 
     problem = _Problem(layers=list(sensitivity), widths=[], costs=[], losses=[])
     largest_total = 0
@@ -142,12 +147,7 @@ def _validate(sensitivity: Mapping[str, Mapping[int, float]], cost: Mapping[str,
                 raise ValueError(f"{name}[{layer!r}] must be a mapping {{bits: value}}, got {type(table).__name__}")
         if not layer_loss and not layer_cost:
             raise ValueError(f"layer {layer!r} has no candidate bit widths")
-        for bits in layer_loss:
-            if bits not in layer_cost:
-                raise ValueError(f"layer {layer!r}: bits={bits!r} is in sensitivity but not in cost")
-        for bits in layer_cost:
-            if bits not in layer_loss:
-                raise ValueError(f"layer {layer!r}: bits={bits!r} is in cost but not in sensitivity")
+        _same_keys(layer_loss, layer_cost, lambda bits, layer=layer: f"layer {layer!r}: bits={bits!r}")
         widths, costs, losses = [], [], []
         for bits, s in layer_loss.items():
             width = _integer(bits)

@@ -224,7 +224,7 @@ def _entropy(subject: Subject) -> tuple[dict[str, dict[int, float]], dict[str, d
 def _hessian(subject: Subject, batches: Sequence[Any], samples: int, seed: int,
              ) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, float]]]:
     model = subject.model
-    labelled = [(batch, labels) for batch, labels in _labelled(model, batches)]
+    labelled = list(_labelled(model, batches))
 
     def cross_entropy(m: nn.Module, pair: tuple[Any, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(call(m, pair[0]), pair[1])
