@@ -25,7 +25,7 @@ from enum import StrEnum
 
 import torch
 
-__all__ = ["create_dynamic_map", "quantize_blockwise", "dequantize_blockwise", "KMeansInit", "kmeans_1d",
+__all__ = ["create_dynamic_map", "create_linear_map", "quantize_blockwise", "dequantize_blockwise", "KMeansInit", "kmeans_1d",
            "check_shared_bits", "lookup_with_zero"]
 
 
@@ -93,6 +93,31 @@ def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bi
         add(_segment_midpoints(spare), 10.0 ** 0)
     values = torch.cat(parts + [torch.tensor([0.0, 1.0])])
     return torch.sort(values).values
+
+
+def create_linear_map(signed: bool = True, total_bits: int = 8) -> torch.Tensor:
+    """Evenly spaced code values: the plain linear map that 8-bit optimizer state is compared against.
+
+    Signed: ``2^total_bits − 1`` values from −1 to 1, an odd count so that 0 is a code value (an all-zero state
+    stays exactly zero); unsigned: ``2^total_bits`` values from 0 to 1. Near zero its step is ``2/(2^bits − 2)``, so
+    the small second moments of rarely-updated weights round to 0 — the failure the dynamic map avoids (Dettmers
+    et al., "8-bit Optimizers via Block-wise Quantization", 2022, §4 ablation: a linear map diverges).
+
+    Raises:
+        ValueError: ``total_bits`` outside 2..8.
+
+    Example:
+        >>> create_linear_map(signed=True, total_bits=2)
+        tensor([-1.,  0.,  1.])
+        >>> len(create_linear_map(signed=False)), float(create_linear_map(signed=False)[1])
+        (256, 0.003921568859368563)
+    """
+    if isinstance(total_bits, bool) or not isinstance(total_bits, int) or not 2 <= total_bits <= 8:
+        raise ValueError(f"total_bits must be an int in 2..8, got {total_bits!r}")
+    # Integers over the step count rather than linspace, whose float32 interpolation misses 0 by about 4e-9.
+    steps = 2 ** (total_bits - 1) - 1 if signed else 2**total_bits - 1
+    first = -steps if signed else 0
+    return torch.arange(first, steps + 1, dtype=torch.float64).div(steps).to(torch.float32)
 
 
 def _check_block_args(code: torch.Tensor, block_size: int) -> None:
