@@ -61,7 +61,7 @@ def nearest_code_table(code: np.ndarray) -> np.ndarray:
     lowest float ``lo`` of ``x``'s bucket, plus one if ``x`` is above the single midpoint inside the bucket.
     ``threshold`` is the low 16 bits of that midpoint's key (``x > mid`` exactly when its key's low bits are
     greater: same bucket, same high bits), or ``0xFFFF`` when no midpoint falls inside (no low bits are greater).
-    Buckets of NaN patterns hold 0.
+    Buckets of NaN patterns (and −inf) hold count 0.
 
     Raises:
         ValueError: a code with two midpoints in one bucket (values closer than about 0.4 % of their magnitude);
@@ -85,7 +85,9 @@ def nearest_code_table(code: np.ndarray) -> np.ndarray:
     thresholds = np.full(65536, 0xFFFF, dtype=np.int64)
     thresholds[mid_keys >> np.uint32(16)] = mid_keys & np.uint32(0xFFFF)
     table = (counts << 16) | thresholds
-    table[np.isnan(lowest)] = 0
+    # A bucket whose lowest pattern is NaN holds only NaNs and, at its top, −inf: count 0 and no threshold send
+    # −inf to index 0.
+    table[np.isnan(lowest)] = 0xFFFF
     return table.astype(np.uint32)
 
 

@@ -17,7 +17,7 @@ Example:
     ...     loss.backward()
     ...     opt.step()
     >>> bool(loss < 0.05), sorted(opt.state[model.weight])
-    (True, ['exp_avg_absmax', 'exp_avg_codes', 'exp_avg_sq_absmax', 'exp_avg_sq_codes', 'step'])
+    (True, ['block_size', 'exp_avg_absmax', 'exp_avg_codes', 'exp_avg_sq_absmax', 'exp_avg_sq_codes', 'quant_map', 'step'])
 """
 
 from __future__ import annotations

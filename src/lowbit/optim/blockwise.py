@@ -7,7 +7,8 @@ Per parameter, each state tensor ``name`` (``exp_avg``, ``exp_avg_sq``, ``moment
 - ``name + "_absmax"``: float32, one scale per block of ``block_size`` elements (the last block may be short),
 
 or, for a parameter with fewer than ``min_8bit_size`` elements or in a group with ``state_bits=32``, as a plain
-float32 tensor ``name``. ``step`` is an int. A state_dict therefore holds only tensors, ints, floats, strings and
+float32 tensor ``name``. ``step`` is an int; 8-bit state also records the ``block_size`` and ``quant_map`` its codes
+were written with, so that changing either later is an error rather than a silent misreading. A state_dict therefore holds only tensors, ints, floats, strings and
 bools: ``torch.save`` writes no custom class and ``torch.load(..., weights_only=True)`` reads it back.
 
 A step decodes, updates and re-encodes each block (docs/math.md O4). On CPU with float32 parameters this is one
@@ -150,6 +151,9 @@ class BlockwiseOptimizer(torch.optim.Optimizer):
     def _init_state(self, p: torch.Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         state["step"] = 0
         blocks = -(-p.numel() // group["block_size"])
+        if self._is_8bit(p, group):
+            # What the codes mean, recorded with them: a block size or map changed later is refused, not misread.
+            state["block_size"], state["quant_map"] = group["block_size"], group["quant_map"]
         for name, _ in self.STATES:
             if self._is_8bit(p, group):
                 # Codes 0 with absmax 0 decode to zeros whatever code 0 means.
@@ -202,6 +206,10 @@ class BlockwiseOptimizer(torch.optim.Optimizer):
         return eligible and self.backend != "torch"
 
     def _check_packed(self, p: torch.Tensor, group: dict[str, Any], state: dict[str, Any], index: int) -> None:
+        for key in ("block_size", "quant_map"):
+            if state.get(key) != group[key]:
+                raise self._fail(f"parameter {index}: its 8-bit state was written with {key}={state.get(key)!r}, "
+                                 f"the group now says {key}={group[key]!r}; {key} cannot change after the first step")
         blocks = -(-p.numel() // group["block_size"])
         for name, _ in self.STATES:
             codes, absmax = state[name + "_codes"], state[name + "_absmax"]
@@ -245,13 +253,16 @@ class BlockwiseOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict from :meth:`state_dict`; resuming then gives bit-identical steps.
 
-        torch's loader casts every floating state tensor to its parameter's dtype; the codes, scales and float32
-        states are restored with their own dtypes instead (a bf16 model must not round its float32 scales).
+        torch's loader casts every floating state tensor to its parameter's dtype, and mangles strings; the codes,
+        scales and float32 states are restored with their own dtypes instead (a bf16 model must not round its
+        float32 scales), and the recorded ``quant_map`` as the string it was.
         """
         super().load_state_dict(state_dict)
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         params = [p for group in self.param_groups for p in group["params"]]
         for saved_id, p in zip(saved_ids, params, strict=True):
             for key, value in state_dict["state"].get(saved_id, {}).items():
-                if isinstance(value, torch.Tensor) and key != "step":
+                if isinstance(value, torch.Tensor):
                     self.state[p][key] = value.detach().to(device=p.device, copy=True)
+                else:  # torch's loader turns a string into a generator of its characters
+                    self.state[p][key] = value
