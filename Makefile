@@ -49,6 +49,11 @@ bench: $(STAMP) data peers
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/binary_gemm.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/binary_nets.py --part all --epochs 2
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/deep_compression.py --part all
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/mixed_precision.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/mixed_precision.py --base per-tensor
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/optim8bit.py --part memory
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/optim8bit.py --part speed
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/optim8bit.py --part train --model mlp
 
 # Peer quantizers (torchao, NNCF) live in their own environment with the same torch pin; only benchmarks use it.
 PEERS_VENV := .venv-peers

@@ -104,6 +104,12 @@ def part_speed(rounds: int, steps: int) -> dict:
     torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
     result = {"parameters": sum(p.numel() for p in _mlp_10m().parameters()), "rounds": rounds,
               "steps_per_round": steps, "threads": {}}
+    # glibc serves allocations above its mmap threshold with fresh pages, which torch's foreach Adam then faults in
+    # on every step (its temporaries are 17 MB per 2048x2048 layer). The threshold rises the first time such a
+    # block is freed, as happens early in any training loop; freeing one here puts every optimizer in that state
+    # (measured: foreach Adam takes 21 ms per step after it, 36 ms before, on one thread).
+    block = torch.empty(30 * 2**20 // 4)
+    del block
     for threads in (1, 2):
         torch.set_num_threads(threads)
         numba.set_num_threads(threads)
