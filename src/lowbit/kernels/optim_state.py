@@ -108,6 +108,21 @@ def encode_one(x, table):
 
 
 @numba.njit(inline="always", **_JIT)
+def _chunks(blocks, threads):
+    """``(chunks, blocks per chunk)``: the prange runs over ``8·threads`` chunks of whole blocks."""
+    chunks = min(blocks, threads * 8)
+    return chunks, (blocks + chunks - 1) // chunks
+
+
+@numba.njit(inline="always", **_JIT)
+def _extent(block, block_size, n):
+    """``(start, stop, size)`` of ``block`` in a flat tensor of ``n`` elements (the last block may be short)."""
+    start = block * block_size
+    stop = min(n, start + block_size)
+    return start, stop, stop - start
+
+
+@numba.njit(inline="always", **_JIT)
 def _store_block(values, bits, size, codes, absmax, block, table):
     """Encode ``values[:size]`` (a block already updated) into ``codes`` (the block's slice) and ``absmax[block]``.
 
@@ -172,10 +187,8 @@ def adam_8bit(p, g, m_codes, m_absmax, v_codes, v_absmax, m_code, m_table, v_cod
     ``step_size = lr / (1 − β1^t)`` and ``inv_bias_root = 1 / sqrt(1 − β2^t)``. Returns the number of blocks
     whose new state is not finite.
     """
-    n = p.shape[0]
-    blocks = m_absmax.shape[0]
-    chunks = min(blocks, threads * 8)
-    per_chunk = (blocks + chunks - 1) // chunks
+    n, blocks = p.shape[0], m_absmax.shape[0]
+    chunks, per_chunk = _chunks(blocks, threads)
     bad = np.zeros(chunks, dtype=np.int64)
     for chunk in numba.prange(chunks):
         m_new = np.empty(block_size, dtype=np.float32)
@@ -183,9 +196,7 @@ def adam_8bit(p, g, m_codes, m_absmax, v_codes, v_absmax, m_code, m_table, v_cod
         grads = np.empty(block_size, dtype=np.float32)
         m_bits, v_bits = m_new.view(np.uint32), v_new.view(np.uint32)
         for block in range(chunk * per_chunk, min(blocks, (chunk + 1) * per_chunk)):
-            start = block * block_size
-            size = min(n, start + block_size) - start
-            stop = start + size
+            start, stop, size = _extent(block, block_size, n)
             pb, mc, vc = p[start:stop], m_codes[start:stop], v_codes[start:stop]
             _decode_block(mc, size, m_code, m_absmax[block], m_new)
             _decode_block(vc, size, v_code, v_absmax[block], v_new)
@@ -213,19 +224,15 @@ def momentum_8bit(p, g, codes, absmax, code, table, block_size, lr, momentum, un
     ``undamped = 1 − dampening``; ``first`` is True on the buffer's first step, where torch sets the buffer to the
     gradient itself. Returns the number of blocks whose new buffer is not finite.
     """
-    n = p.shape[0]
-    blocks = absmax.shape[0]
-    chunks = min(blocks, threads * 8)
-    per_chunk = (blocks + chunks - 1) // chunks
+    n, blocks = p.shape[0], absmax.shape[0]
+    chunks, per_chunk = _chunks(blocks, threads)
     bad = np.zeros(chunks, dtype=np.int64)
     for chunk in numba.prange(chunks):
         buf = np.empty(block_size, dtype=np.float32)
         grads = np.empty(block_size, dtype=np.float32)
         bits = buf.view(np.uint32)
         for block in range(chunk * per_chunk, min(blocks, (chunk + 1) * per_chunk)):
-            start = block * block_size
-            size = min(n, start + block_size) - start
-            stop = start + size
+            start, stop, size = _extent(block, block_size, n)
             pb, cb = p[start:stop], codes[start:stop]
             _decode_block(cb, size, code, absmax[block], buf)
             gb = _gradient(pb, g[start:stop], size, l2, grads)
@@ -247,18 +254,14 @@ def _lion_block(p, g, m, size, lr, beta1, rest1, beta2, rest2, decay):
 @numba.njit(parallel=True, **_JIT)
 def lion_8bit(p, g, codes, absmax, code, table, block_size, lr, beta1, rest1, beta2, rest2, decay, threads):
     """One Lion step (rules.lion) with an 8-bit first moment. Returns the number of non-finite blocks."""
-    n = p.shape[0]
-    blocks = absmax.shape[0]
-    chunks = min(blocks, threads * 8)
-    per_chunk = (blocks + chunks - 1) // chunks
+    n, blocks = p.shape[0], absmax.shape[0]
+    chunks, per_chunk = _chunks(blocks, threads)
     bad = np.zeros(chunks, dtype=np.int64)
     for chunk in numba.prange(chunks):
         buf = np.empty(block_size, dtype=np.float32)
         bits = buf.view(np.uint32)
         for block in range(chunk * per_chunk, min(blocks, (chunk + 1) * per_chunk)):
-            start = block * block_size
-            size = min(n, start + block_size) - start
-            stop = start + size
+            start, stop, size = _extent(block, block_size, n)
             cb = codes[start:stop]
             _decode_block(cb, size, code, absmax[block], buf)
             _lion_block(p[start:stop], g[start:stop], buf, size, lr, beta1, rest1, beta2, rest2, decay)
