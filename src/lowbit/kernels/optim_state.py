@@ -13,6 +13,7 @@ dependent branches per value. Here the float's bits are mapped to an order-prese
 table indexed by the key's top 16 bits holds how many midpoints lie below that bucket and, when one midpoint
 falls inside it, the low 16 bits of that midpoint's key. One load, one integer comparison and one add give
 exactly the bucketize index for every finite value (:func:`nearest_code_table`).
+The kernels run that lookup 16 values at a time with one vector gather (:mod:`lowbit.kernels._gather`).
 
 Each kernel takes ``threads`` (numba's current thread count, read by the caller: reading it inside compiled code
 would stop numba from caching the kernel) and splits the blocks into ``8·threads`` chunks.
@@ -32,6 +33,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+
+from lowbit.kernels._gather import LANES, decode16, encode16
 
 __all__ = ["code_midpoints", "nearest_code_table", "encode_one", "adam_8bit", "momentum_8bit", "lion_8bit"]
 
@@ -144,7 +147,10 @@ def _store_block(values, bits, size, codes, absmax, block, table):
     divisor = largest if largest > np.float32(0.0) else np.float32(1.0)
     for j in range(np.uint64(size)):
         values[j] = values[j] / divisor
-    for j in range(np.uint64(size)):
+    whole = size - size % LANES
+    for j in range(0, whole, LANES):
+        encode16(bits, j, codes, table)
+    for j in range(whole, size):
         codes[j] = np.uint8(_encode(bits[j], table))
     return 0
 
@@ -152,7 +158,10 @@ def _store_block(values, bits, size, codes, absmax, block, table):
 @numba.njit(inline="always", **_JIT)
 def _decode_block(codes, size, code, scale, out):
     """``out[:size] = code[codes] · scale`` for one block's codes (dequantize_blockwise of one block)."""
-    for j in range(np.uint64(size)):
+    whole = size - size % LANES
+    for j in range(0, whole, LANES):
+        decode16(codes, j, code, scale, out[j:])
+    for j in range(whole, size):
         out[j] = code[codes[j]] * scale
 
 
