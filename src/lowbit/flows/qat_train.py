@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import distributed as dist
 from torch import nn
 
+from lowbit import comm
 from lowbit.analysis.evaluation import accuracy
 from lowbit.flows.qat import clip_latent_weights, freeze_bn, regularization
 from lowbit.flows.qat_schedule import Schedule, TwoStage
@@ -46,6 +47,9 @@ class FitResult:
 
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=list)
+    communication: dict[str, int] = field(default_factory=dict)
+    """With ``gradient_compression``: this rank's ``bytes_sent``, ``bytes_uncompressed``, ``payload_bits`` and
+    ``buckets`` over the whole run (:class:`lowbit.comm.CompressionHandle`)."""
 
 
 def _world() -> tuple[int, int]:
@@ -81,7 +85,8 @@ def fit(model: nn.Module, train_data: Any, epochs: int = 1, *, optimizer: torch.
         lr: float = 0.01, weight_decay: float = 0.0, batch_size: int = 128,
         eval_data: tuple[torch.Tensor, torch.Tensor] | None = None, loss_fn: nn.Module | None = None,
         seed: int = 0, schedule: Schedule | Sequence[Schedule] = (), freeze_bn_after: int | None = None,
-        checkpoint_dir: str | Path | None = None, progress: bool = True) -> FitResult:
+        checkpoint_dir: str | Path | None = None, progress: bool = True,
+        gradient_compression: str | Mapping[str, Any] | None = None) -> FitResult:
     """Train ``model`` (e.g. from :func:`lowbit.qat.prepare`) for ``epochs``; returns the per-epoch history and
     leaves ``model`` in eval mode.
 
@@ -95,6 +100,9 @@ def fit(model: nn.Module, train_data: Any, epochs: int = 1, *, optimizer: torch.
         freeze_bn_after: freeze BatchNorm statistics (:func:`lowbit.qat.freeze_bn`) after this many steps
             (0: from the start).
         checkpoint_dir: write a checkpoint after every epoch (rank 0).
+        gradient_compression: under DDP, a :mod:`lowbit.comm` scheme name or ``{"scheme": name, **options}``
+            (e.g. ``{"scheme": "qsgd", "levels": 16}``) registered on the DDP model; ``result.communication``
+            then holds its byte counts.
 
     Raises:
         ValueError: bad arguments (naming them), or a global batch the DDP world cannot split evenly.
@@ -108,15 +116,23 @@ def fit(model: nn.Module, train_data: Any, epochs: int = 1, *, optimizer: torch.
     rank, world = _world()
     if world > 1 and batch_size % world:
         raise ValueError(f"fit: batch_size {batch_size} does not split evenly over {world} processes")
+    if gradient_compression is not None and world == 1:
+        raise ValueError(f"fit: gradient_compression={gradient_compression!r} needs DDP (torch.distributed with more "
+                         "than one process)")
     schedules = [schedule] if isinstance(schedule, Schedule) else list(schedule)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     net: nn.Module = model
+    handle = None
     if world > 1:
         # a weights-first stage leaves activation quantizers' parameters without gradients for a while
         unused = any(isinstance(s, TwoStage) for s in schedules)
         net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=unused)
+        if gradient_compression is not None:
+            spec = ({"scheme": gradient_compression} if isinstance(gradient_compression, str)
+                    else dict(gradient_compression))
+            handle = comm.register(net, **spec)
     own = optimizer is None  # the default comes with its cosine schedule; a user's optimizer is left as given
     optimizer = optimizer or _default_optimizer(model, lr, weight_decay)
     steps_per_epoch = _count_steps(train_data, batch_size)
@@ -162,6 +178,9 @@ def fit(model: nn.Module, train_data: Any, epochs: int = 1, *, optimizer: torch.
                 path = save_checkpoint(model, optimizer, Path(checkpoint_dir) / f"epoch-{epoch + 1}", record)
                 result.checkpoints.append(str(path))
     model.eval()
+    if handle is not None:
+        result.communication = {"bytes_sent": handle.bytes_sent, "bytes_uncompressed": handle.bytes_uncompressed,
+                                "payload_bits": handle.payload_bits, "buckets": handle.buckets}
     return result
 
 

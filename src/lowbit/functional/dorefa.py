@@ -23,8 +23,8 @@ import torch
 
 from lowbit.functional.ste import masked_ste
 
-__all__ = ["quantize_k", "dorefa_weight", "dorefa_activation", "dorefa_gradient", "dorefa_weight_codes",
-           "quantize_gradient_ste"]
+__all__ = ["quantize_k", "dorefa_weight", "dorefa_activation", "dorefa_gradient", "dorefa_gradient_codes",
+           "dorefa_gradient_values", "dorefa_weight_codes", "quantize_gradient_ste"]
 
 
 def _levels(bits: int) -> int:
@@ -101,6 +101,25 @@ class _GradientQuantizer(torch.autograd.Function):
         return dorefa_gradient(grad, ctx.bits, ctx.generator), None, None
 
 
+def dorefa_gradient_codes(rows: torch.Tensor, bits: int, generator: torch.Generator | None = None,
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """DoReFa's gradient codes of a ``(rows, n)`` matrix, one ``max|·|`` per row: ``(codes, peaks)``.
+
+    ``codes = round(clamp(r/(2·peak) + 1/2 + N, 0, 1)·(2^k − 1))`` as int32 and ``peaks`` of shape ``(rows, 1)``;
+    :func:`dorefa_gradient_values` turns them back into the gradient.
+    """
+    levels = _levels(bits)
+    peak = rows.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(rows.dtype).tiny)
+    noise = (torch.rand(rows.shape, generator=generator, dtype=rows.dtype, device=rows.device) - 0.5) / levels
+    r = rows / (2 * peak) + 0.5 + noise
+    return torch.round(r.clamp(0, 1) * levels).to(torch.int32), peak
+
+
+def dorefa_gradient_values(codes: torch.Tensor, peaks: torch.Tensor, bits: int) -> torch.Tensor:
+    """``2·peak·(q/(2^k − 1) − 1/2)``: the gradient DoReFa's codes stand for (``peaks`` broadcast over ``codes``)."""
+    return 2 * peaks * (codes.to(peaks.dtype) / _levels(bits) - 0.5)
+
+
 def dorefa_gradient(dr: torch.Tensor, bits: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """DoReFa's stochastic k-bit gradient quantization of ``dr`` (module docstring); no autograd.
 
@@ -109,13 +128,9 @@ def dorefa_gradient(dr: torch.Tensor, bits: int, generator: torch.Generator | No
         >>> dorefa_gradient(g, 8, torch.Generator().manual_seed(0)).sub(g).abs().max() < 2 / 255
         tensor(True)
     """
-    levels = _levels(bits)
     flat = dr.reshape(dr.shape[0], -1) if dr.ndim > 1 else dr.reshape(1, -1)
-    peak = flat.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(dr.dtype).tiny)
-    noise = (torch.rand(flat.shape, generator=generator, dtype=dr.dtype, device=dr.device) - 0.5) / levels
-    r = flat / (2 * peak) + 0.5 + noise
-    q = torch.round(r.clamp(0, 1) * levels) / levels
-    return (2 * peak * (q - 0.5)).reshape(dr.shape)
+    codes, peak = dorefa_gradient_codes(flat, bits, generator)
+    return dorefa_gradient_values(codes, peak, bits).reshape(dr.shape)
 
 
 def quantize_gradient_ste(x: torch.Tensor, bits: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["pack", "unpack", "packed_size"]
+__all__ = ["pack", "unpack", "packed_size", "pack_lanes", "unpack_lanes"]
 
 
 def _check(bits: int) -> None:
@@ -69,3 +69,42 @@ def unpack(packed: torch.Tensor, bits: int, signed: bool, shape: torch.Size | tu
     low = -(1 << (bits - 1)) if signed else 0
     dtype = torch.int8 if signed else torch.uint8
     return torch.from_numpy(u + low).to(dtype).reshape(shape)
+
+
+def _check_lane(bits: int) -> int:
+    if bits not in (1, 2, 4, 8):
+        raise ValueError(f"lane packing needs bits in (1, 2, 4, 8), got {bits!r}")
+    return 8 // bits
+
+
+def pack_lanes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned ``bits``-bit codes (``bits`` in 1, 2, 4, 8) as flat uint8, in torch ops on the codes' device.
+
+    The same layout as :func:`pack` with ``signed=False`` (least significant field first); written with tensor
+    ops so that gradients on a GPU are packed where they are, for a collective on that device.
+
+    Example:
+        >>> pack_lanes(torch.tensor([1, 0, 1, 1, 0, 0, 0, 1, 1]), 1).tolist()
+        [141, 1]
+    """
+    per_byte = _check_lane(bits)
+    flat = codes.reshape(-1).to(torch.uint8)
+    flat = torch.cat([flat, flat.new_zeros(-flat.numel() % per_byte)]).view(-1, per_byte)
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=flat.device)
+    # fields never overlap, so the sum of the shifted fields is their bitwise or
+    return (flat << shifts).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_lanes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
+    """Inverse of :func:`pack_lanes`: the first ``numel`` codes as uint8.
+
+    Raises:
+        ValueError: bits not in 1, 2, 4, 8, or too few bytes for ``numel`` codes.
+    """
+    per_byte = _check_lane(bits)
+    if packed.dtype != torch.uint8 or packed.numel() * per_byte < numel:
+        raise ValueError(f"unpack_lanes: {packed.numel()} {packed.dtype} bytes cannot hold {numel} codes of "
+                         f"{bits} bits")
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+    mask = (1 << bits) - 1
+    return ((packed.reshape(-1, 1) >> shifts) & mask).reshape(-1)[:numel]

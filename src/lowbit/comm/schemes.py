@@ -1,0 +1,229 @@
+"""What each gradient-compression scheme puts on the wire, and how a receiver reads it back (docs/math.md §14).
+
+A scheme turns one rank's flat float32 gradient into a uint8 *payload* (the bytes handed to the all-gather) and
+reads any rank's payload back into floats. Per-block float32 numbers travel in front of the codes:
+
+| scheme | payload | bits per element (block 512) |
+|---|---|---|
+| ``onebit`` | mean ``|x|`` per block, 1-bit signs | 1.06 |
+| ``qsgd`` | 2-norm per block, Elias-gamma levels (variable length) | ≈ 2–3 at s = 16 |
+| ``terngrad`` | 2-bit ternary codes; the scalers travel in a max all-reduce | 2.06 |
+| ``dorefa`` | ``max|x|`` per block, k-bit codes | k + 0.06 |
+| ``fp16`` / ``bf16`` / ``fp32`` | the cast values | 16 / 16 / 32 |
+
+Example:
+    >>> import torch
+    >>> scheme = make_scheme("onebit", block=4)
+    >>> payload, local, bits = scheme.encode(torch.tensor([0.5, -1.0, 0.25, 0.0]), None, None)
+    >>> payload.numel(), bits, scheme.decode(payload, 4, None).tolist() == local.tolist()
+    (5, 36, True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lowbit.functional import gradient_codes as G
+from lowbit.functional.elias import elias_bits, elias_decode, elias_encode
+from lowbit.functional.packing import pack_lanes, unpack_lanes
+
+__all__ = ["Scheme", "OneBit", "QSGD", "TernGrad", "DoReFa", "Cast", "SCHEMES", "make_scheme"]
+
+
+def _as_bytes(values: torch.Tensor) -> torch.Tensor:
+    return values.contiguous().view(torch.uint8).reshape(-1)
+
+
+def _floats(payload: torch.Tensor, count: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The first ``count`` values of ``dtype`` at the front of a payload (copied: a slice may be misaligned)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return payload[: count * size].clone().view(dtype)
+
+
+def _blocks(numel: int, block: int) -> int:
+    return -(-numel // block)
+
+
+def _check_block(block: int) -> None:
+    if not isinstance(block, int) or isinstance(block, bool) or block < 1:
+        raise ValueError(f"block must be an int >= 1, got {block!r}")
+
+
+class Scheme:
+    """One way of compressing a gradient. Subclasses set ``name`` and implement :meth:`encode`/:meth:`decode`.
+
+    ``variable_size``: payloads differ in length between ranks (their lengths are exchanged first).
+    ``shares_scalers``: :meth:`scalers` gives per-block numbers that all ranks max-reduce before encoding.
+    """
+
+    name = "scheme"
+    variable_size = False
+    shares_scalers = False
+
+    def scalers(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Numbers every rank must agree on before encoding (max-reduced across ranks), or None."""
+        return None
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None, scalers: torch.Tensor | None,
+               ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(payload, local, bits)``: the uint8 bytes to send, the float32 gradient they stand for, and the bits
+        of information in the payload (its bytes less the padding of the last one)."""
+        raise NotImplementedError
+
+    def decode(self, payload: torch.Tensor, numel: int, scalers: torch.Tensor | None) -> torch.Tensor:
+        """The float32 gradient (``numel`` values) a payload stands for."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class OneBit(Scheme):
+    """Sign and per-block mean magnitude: 1-bit SGD (Seide et al. 2014) in the scaled-sign form (G1)."""
+
+    block: int = 512
+    name = "onebit"
+
+    def __post_init__(self) -> None:
+        _check_block(self.block)
+
+    def encode(self, x, generator, scalers):
+        signs, scales = G.onebit_encode(x, self.block)
+        payload = torch.cat([_as_bytes(scales), pack_lanes(signs, 1)])
+        return payload, G.onebit_decode(signs, scales, self.block), 32 * scales.numel() + x.numel()
+
+    def decode(self, payload, numel, scalers):
+        blocks = _blocks(numel, self.block)
+        signs = unpack_lanes(payload[4 * blocks:], 1, numel)
+        return G.onebit_decode(signs, _floats(payload, blocks), self.block)
+
+
+@dataclass(frozen=True)
+class QSGD(Scheme):
+    """QSGD (Alistarh et al. 2017): ``s`` stochastic levels of ``|x|/‖x‖₂`` per block, Elias-gamma coded (G2, G3).
+
+    The Elias stream is built on the CPU (a sequential bit writer); on a GPU the levels make one round trip.
+    """
+
+    levels: int = 16
+    block: int = 512
+    name = "qsgd"
+    variable_size = True
+
+    def __post_init__(self) -> None:
+        _check_block(self.block)
+        G._check_levels(self.levels)
+
+    def encode(self, x, generator, scalers):
+        signed, norms = G.qsgd_encode(x, self.levels, self.block, generator)
+        levels = signed.cpu().numpy()
+        stream = torch.from_numpy(elias_encode(levels)).to(x.device)
+        payload = torch.cat([_as_bytes(norms), stream])
+        bits = 32 * norms.numel() + elias_bits(levels)
+        return payload, G.qsgd_decode(signed, norms, self.levels, self.block), bits
+
+    def decode(self, payload, numel, scalers):
+        blocks = _blocks(numel, self.block)
+        stream = payload[4 * blocks:].cpu().numpy()
+        signed = torch.from_numpy(elias_decode(stream, numel).astype(np.int32)).to(payload.device)
+        return G.qsgd_decode(signed, _floats(payload, blocks), self.levels, self.block)
+
+
+@dataclass(frozen=True)
+class TernGrad(Scheme):
+    """TernGrad (Wen et al. 2017): ``{−1, 0, 1}·m`` with the block scaler ``m`` max-reduced across ranks (G4)."""
+
+    block: int = 512
+    name = "terngrad"
+    shares_scalers = True
+
+    def __post_init__(self) -> None:
+        _check_block(self.block)
+
+    def scalers(self, x):
+        return G.block_absmax(x, self.block)
+
+    def encode(self, x, generator, scalers):
+        ternary = G.terngrad_encode(x, scalers, self.block, generator)
+        payload = pack_lanes((ternary + 1).to(torch.uint8), 2)
+        return payload, G.terngrad_decode(ternary, scalers, self.block), 2 * x.numel()
+
+    def decode(self, payload, numel, scalers):
+        ternary = unpack_lanes(payload, 2, numel).to(torch.int8) - 1
+        return G.terngrad_decode(ternary, scalers, self.block)
+
+
+@dataclass(frozen=True)
+class DoReFa(Scheme):
+    """DoReFa-Net's k-bit gradient with uniform noise, ``max|x|`` per block (G5); ``bits`` in 1, 2, 4, 8."""
+
+    bits: int = 4
+    block: int = 512
+    name = "dorefa"
+
+    def __post_init__(self) -> None:
+        _check_block(self.block)
+        if self.bits not in (1, 2, 4, 8):
+            raise ValueError(f"dorefa: bits must be 1, 2, 4 or 8 (whole fields per byte), got {self.bits!r}")
+
+    def encode(self, x, generator, scalers):
+        codes, peaks = G.dorefa_encode(x, self.bits, self.block, generator)
+        payload = torch.cat([_as_bytes(peaks), pack_lanes(codes.to(torch.uint8), self.bits)])
+        bits = 32 * peaks.numel() + self.bits * x.numel()
+        return payload, G.dorefa_decode(codes, peaks, self.bits, self.block), bits
+
+    def decode(self, payload, numel, scalers):
+        blocks = _blocks(numel, self.block)
+        codes = unpack_lanes(payload[4 * blocks:], self.bits, numel)
+        return G.dorefa_decode(codes, _floats(payload, blocks), self.bits, self.block)
+
+
+@dataclass(frozen=True)
+class Cast(Scheme):
+    """The gradient cast to ``fp16``, ``bf16`` or ``fp32`` (round to nearest even): references, not codes."""
+
+    dtype: str = "fp16"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _CASTS:
+            raise ValueError(f"cast: dtype must be one of {sorted(_CASTS)}, got {self.dtype!r}")
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.dtype
+
+    def encode(self, x, generator, scalers):
+        cast = x.to(_CASTS[self.dtype])
+        payload = _as_bytes(cast)
+        return payload, cast.to(torch.float32), 8 * payload.numel()
+
+    def decode(self, payload, numel, scalers):
+        return _floats(payload, numel, _CASTS[self.dtype]).to(torch.float32)
+
+
+_CASTS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+SCHEMES = {
+    "onebit": OneBit,
+    "qsgd": QSGD,
+    "terngrad": TernGrad,
+    "dorefa": DoReFa,
+    "fp16": lambda: Cast("fp16"),
+    "bf16": lambda: Cast("bf16"),
+    "fp32": lambda: Cast("fp32"),
+}
+
+
+def make_scheme(name: str, **options: object) -> Scheme:
+    """The scheme called ``name`` with its options (``block``, ``levels`` for qsgd, ``bits`` for dorefa).
+
+    Raises:
+        ValueError: an unknown scheme or an option it does not take, naming both.
+    """
+    if name not in SCHEMES:
+        raise ValueError(f"scheme must be one of {sorted(SCHEMES)}, got {name!r}")
+    try:
+        return SCHEMES[name](**options)  # type: ignore[operator]
+    except TypeError:
+        raise ValueError(f"scheme {name!r} does not take the options {sorted(options)}") from None
