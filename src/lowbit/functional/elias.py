@@ -28,7 +28,11 @@ _JIT = dict(nogil=True, cache=True, boundscheck=False)
 def elias_bits(levels: np.ndarray) -> int:
     """Bits of the code of ``levels``: ``2⌊log₂(|v| + 1)⌋ + 1`` each, plus one sign bit per non-zero."""
     magnitude = np.abs(np.asarray(levels, dtype=np.int64)) + 1
-    return int((2 * np.floor(np.log2(magnitude)).astype(np.int64) + 1).sum() + np.count_nonzero(levels))
+    width = np.floor(np.log2(magnitude)).astype(np.int64)
+    # float64 log2 rounds up just below large powers of two (m = 2^49 − 1): correct to the integer ⌊log₂ m⌋
+    width -= (np.right_shift(magnitude, width) == 0).astype(np.int64)
+    width += (np.right_shift(magnitude, width + 1) > 0).astype(np.int64)
+    return int((2 * width + 1).sum() + np.count_nonzero(levels))
 
 
 @numba.njit(**_JIT)

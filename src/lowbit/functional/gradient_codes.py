@@ -56,6 +56,7 @@ def _block_sizes(numel: int, block: int, device: torch.device) -> torch.Tensor:
 
 def _per_element(values: torch.Tensor, block: int, numel: int) -> torch.Tensor:
     """A per-block vector repeated over each block's elements (``numel`` of them)."""
+    _check_block(block)
     return values.repeat_interleave(block)[:numel]
 
 
@@ -134,7 +135,7 @@ def terngrad_decode(ternary: torch.Tensor, scalers: torch.Tensor, block: int) ->
 
 def dorefa_encode(x: torch.Tensor, bits: int, block: int, generator: torch.Generator | None = None,
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(codes, peaks)``: DoReFa's k-bit gradient codes in ``0..2^k − 1`` (uint8) and each block's ``max|x|``."""
+    """``(codes, peaks)``: DoReFa's k-bit gradient codes in ``0..2^k − 1`` (int32) and each block's ``max|x|``."""
     codes, peaks = dorefa_gradient_codes(block_rows(x, block).to(torch.float32), bits, generator)
     return codes.reshape(-1)[: x.numel()], peaks.reshape(-1)
 
