@@ -27,14 +27,17 @@ from lowbit.zoo.models import build
 
 
 def _option(text: str) -> tuple[str, object]:
-    """``name=value`` with an int value where it parses as one, ``error_feedback=false`` as a bool."""
+    """``name=value``: ``true``/``false`` as a bool, ``none`` as None, else an int or a float where it parses."""
     name, _, value = text.partition("=")
-    if value.lower() in ("true", "false"):
-        return name, value.lower() == "true"
-    try:
-        return name, int(value)
-    except ValueError:
-        return name, value
+    words = {"true": True, "false": False, "none": None}
+    if value.lower() in words:
+        return name, words[value.lower()]
+    for kind in (int, float):
+        try:
+            return name, kind(value)
+        except ValueError:
+            pass
+    return name, value
 
 
 def run(scheme: str, options: dict, epochs: int, images: int, batch_size: int, lr: float, seed: int) -> dict:

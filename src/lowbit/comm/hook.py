@@ -81,17 +81,18 @@ class CompressionHandle:
         x = gradient.detach().to(torch.float32).reshape(-1)
         if self.error_feedback:
             x = x + self._residual(parameters, x)
-        scalers = self.scheme.scalers(x)
+        segments = [p.numel() for p in parameters]
+        scalers = self.scheme.scalers(x, segments)
         if scalers is not None:
             dist.all_reduce(scalers, op=dist.ReduceOp.MAX, group=self.group)
             self.bytes_sent += scalers.numel() * scalers.element_size()
-        payload, local, bits = self.scheme.encode(x, self._generator(x.device), scalers)
+        payload, local, bits = self.scheme.encode(x, self._generator(x.device), scalers, segments)
         if self.error_feedback:
             self._keep_residual(parameters, x - local)
         self.payload_bits += bits
         total = torch.zeros_like(x)
         for received in self._all_gather(payload):
-            total += self.scheme.decode(received, x.numel(), scalers)
+            total += self.scheme.decode(received, x.numel(), scalers, segments)
         self.bytes_uncompressed += 4 * x.numel()
         self.buckets += 1
         return total / self.world

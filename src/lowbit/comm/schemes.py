@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,8 +44,9 @@ def _floats(payload: torch.Tensor, count: int, dtype: torch.dtype = torch.float3
     return payload[: count * size].clone().view(dtype)
 
 
-def _blocks(numel: int, block: int) -> int:
-    return -(-numel // block)
+def _blocks(numel: int, block: int, segments: Sequence[int] | None) -> int:
+    """Blocks of a gradient of ``numel`` values (each segment cut on its own)."""
+    return G.layout(numel, block, segments).rows
 
 
 def _check_block(block: int) -> None:
@@ -63,17 +65,20 @@ class Scheme:
     variable_size = False
     shares_scalers = False
 
-    def scalers(self, x: torch.Tensor) -> torch.Tensor | None:
+    def scalers(self, x: torch.Tensor, segments: Sequence[int] | None = None) -> torch.Tensor | None:
         """Numbers every rank must agree on before encoding (max-reduced across ranks), or None."""
         return None
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None, scalers: torch.Tensor | None,
-               ) -> tuple[torch.Tensor, torch.Tensor, int]:
+               segments: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
         """``(payload, local, bits)``: the uint8 bytes to send, the float32 gradient they stand for, and the bits
-        of information in the payload (its bytes less the padding of the last one)."""
+        of information in the payload (its bytes less the padding of the last one). ``segments``: the sizes of
+        the bucket's parameters, whose blocks are cut separately (:func:`lowbit.functional.gradient_codes.layout`).
+        """
         raise NotImplementedError
 
-    def decode(self, payload: torch.Tensor, numel: int, scalers: torch.Tensor | None) -> torch.Tensor:
+    def decode(self, payload: torch.Tensor, numel: int, scalers: torch.Tensor | None,
+               segments: Sequence[int] | None = None) -> torch.Tensor:
         """The float32 gradient (``numel`` values) a payload stands for."""
         raise NotImplementedError
 
@@ -88,15 +93,15 @@ class OneBit(Scheme):
     def __post_init__(self) -> None:
         _check_block(self.block)
 
-    def encode(self, x, generator, scalers):
-        signs, scales = G.onebit_encode(x, self.block)
+    def encode(self, x, generator, scalers, segments=None):
+        signs, scales = G.onebit_encode(x, self.block, segments)
         payload = torch.cat([_as_bytes(scales), pack_lanes(signs, 1)])
-        return payload, G.onebit_decode(signs, scales, self.block), 32 * scales.numel() + x.numel()
+        return payload, G.onebit_decode(signs, scales, self.block, segments), 32 * scales.numel() + x.numel()
 
-    def decode(self, payload, numel, scalers):
-        blocks = _blocks(numel, self.block)
+    def decode(self, payload, numel, scalers, segments=None):
+        blocks = _blocks(numel, self.block, segments)
         signs = unpack_lanes(payload[4 * blocks:], 1, numel)
-        return G.onebit_decode(signs, _floats(payload, blocks), self.block)
+        return G.onebit_decode(signs, _floats(payload, blocks), self.block, segments)
 
 
 @dataclass(frozen=True)
@@ -115,43 +120,55 @@ class QSGD(Scheme):
         _check_block(self.block)
         G._check_levels(self.levels)
 
-    def encode(self, x, generator, scalers):
-        signed, norms = G.qsgd_encode(x, self.levels, self.block, generator)
+    def encode(self, x, generator, scalers, segments=None):
+        signed, norms = G.qsgd_encode(x, self.levels, self.block, generator, segments)
         levels = signed.cpu().numpy()
         stream = torch.from_numpy(elias_encode(levels)).to(x.device)
         payload = torch.cat([_as_bytes(norms), stream])
         bits = 32 * norms.numel() + elias_bits(levels)
-        return payload, G.qsgd_decode(signed, norms, self.levels, self.block), bits
+        return payload, G.qsgd_decode(signed, norms, self.levels, self.block, segments), bits
 
-    def decode(self, payload, numel, scalers):
-        blocks = _blocks(numel, self.block)
+    def decode(self, payload, numel, scalers, segments=None):
+        blocks = _blocks(numel, self.block, segments)
         stream = payload[4 * blocks:].cpu().numpy()
         signed = torch.from_numpy(elias_decode(stream, numel).astype(np.int32)).to(payload.device)
-        return G.qsgd_decode(signed, _floats(payload, blocks), self.levels, self.block)
+        return G.qsgd_decode(signed, _floats(payload, blocks), self.levels, self.block, segments)
 
 
 @dataclass(frozen=True)
 class TernGrad(Scheme):
-    """TernGrad (Wen et al. 2017): ``{−1, 0, 1}·m`` with the block scaler ``m`` max-reduced across ranks (G4)."""
+    """TernGrad (Wen et al. 2017): ``{−1, 0, 1}·m`` with the block scaler ``m`` max-reduced across ranks (G4).
+
+    ``clip``: first clip each block to ``clip·σ`` (its standard deviation), as the paper does (c = 2.5): a few
+    outliers would otherwise set ``m`` and leave almost every other value at 0. ``None`` sends the unclipped,
+    exactly unbiased code.
+    """
 
     block: int = 512
+    clip: float | None = 2.5
     name = "terngrad"
     shares_scalers = True
 
     def __post_init__(self) -> None:
         _check_block(self.block)
+        if self.clip is not None and (isinstance(self.clip, bool) or not isinstance(self.clip, (int, float))
+                                      or not self.clip > 0):
+            raise ValueError(f"terngrad: clip must be a number > 0 or None, got {self.clip!r}")
 
-    def scalers(self, x):
-        return G.block_absmax(x, self.block)
+    def _clipped(self, x, segments):
+        return x if self.clip is None else G.clip_to_std(x, float(self.clip), self.block, segments)
 
-    def encode(self, x, generator, scalers):
-        ternary = G.terngrad_encode(x, scalers, self.block, generator)
+    def scalers(self, x, segments=None):
+        return G.block_absmax(self._clipped(x, segments), self.block, segments)
+
+    def encode(self, x, generator, scalers, segments=None):
+        ternary = G.terngrad_encode(self._clipped(x, segments), scalers, self.block, generator, segments)
         payload = pack_lanes((ternary + 1).to(torch.uint8), 2)
-        return payload, G.terngrad_decode(ternary, scalers, self.block), 2 * x.numel()
+        return payload, G.terngrad_decode(ternary, scalers, self.block, segments), 2 * x.numel()
 
-    def decode(self, payload, numel, scalers):
+    def decode(self, payload, numel, scalers, segments=None):
         ternary = unpack_lanes(payload, 2, numel).to(torch.int8) - 1
-        return G.terngrad_decode(ternary, scalers, self.block)
+        return G.terngrad_decode(ternary, scalers, self.block, segments)
 
 
 @dataclass(frozen=True)
@@ -167,16 +184,16 @@ class DoReFa(Scheme):
         if self.bits not in (1, 2, 4, 8):
             raise ValueError(f"dorefa: bits must be 1, 2, 4 or 8 (whole fields per byte), got {self.bits!r}")
 
-    def encode(self, x, generator, scalers):
-        codes, peaks = G.dorefa_encode(x, self.bits, self.block, generator)
+    def encode(self, x, generator, scalers, segments=None):
+        codes, peaks = G.dorefa_encode(x, self.bits, self.block, generator, segments)
         payload = torch.cat([_as_bytes(peaks), pack_lanes(codes.to(torch.uint8), self.bits)])
         bits = 32 * peaks.numel() + self.bits * x.numel()
-        return payload, G.dorefa_decode(codes, peaks, self.bits, self.block), bits
+        return payload, G.dorefa_decode(codes, peaks, self.bits, self.block, segments), bits
 
-    def decode(self, payload, numel, scalers):
-        blocks = _blocks(numel, self.block)
+    def decode(self, payload, numel, scalers, segments=None):
+        blocks = _blocks(numel, self.block, segments)
         codes = unpack_lanes(payload[4 * blocks:], self.bits, numel)
-        return G.dorefa_decode(codes, _floats(payload, blocks), self.bits, self.block)
+        return G.dorefa_decode(codes, _floats(payload, blocks), self.bits, self.block, segments)
 
 
 @dataclass(frozen=True)
@@ -193,12 +210,12 @@ class Cast(Scheme):
     def name(self) -> str:  # type: ignore[override]
         return self.dtype
 
-    def encode(self, x, generator, scalers):
+    def encode(self, x, generator, scalers, segments=None):
         cast = x.to(_CASTS[self.dtype])
         payload = _as_bytes(cast)
         return payload, cast.to(torch.float32), 8 * payload.numel()
 
-    def decode(self, payload, numel, scalers):
+    def decode(self, payload, numel, scalers, segments=None):
         return _floats(payload, numel, _CASTS[self.dtype]).to(torch.float32)
 
 

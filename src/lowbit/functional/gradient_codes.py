@@ -1,7 +1,7 @@
 """Gradient codes for data-parallel training: 1-bit sign, QSGD, TernGrad, DoReFa (docs/math.md §14, G1–G5).
 
-Every function takes a flat float gradient ``x`` cut into blocks of ``block`` elements (the last may be short)
-and returns integer codes plus one float32 number per block; the matching ``*_decode`` gives back the float
+Every function takes a flat float gradient ``x`` cut into blocks of ``block`` elements (the last may be short;
+with ``segments``, each segment is cut on its own: :func:`layout`) and returns integer codes plus one float32 number per block; the matching ``*_decode`` gives back the float
 gradient the codes stand for. Randomness comes only from the ``generator`` passed in, so a seeded run is
 repeatable. No communication happens here (:mod:`lowbit.comm` moves the codes).
 
@@ -26,11 +26,14 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import torch
 
 from lowbit.functional.dorefa import dorefa_gradient_codes, dorefa_gradient_values
 
-__all__ = ["block_rows", "block_absmax", "onebit_encode", "onebit_decode", "qsgd_encode", "qsgd_decode",
+__all__ = ["Layout", "layout", "block_rows", "block_absmax", "clip_to_std", "onebit_encode", "onebit_decode", "qsgd_encode", "qsgd_decode",
            "terngrad_encode", "terngrad_decode", "dorefa_encode", "dorefa_decode"]
 
 
@@ -39,42 +42,92 @@ def _check_block(block: int) -> None:
         raise ValueError(f"block must be an int >= 1, got {block!r}")
 
 
-def block_rows(x: torch.Tensor, block: int) -> torch.Tensor:
-    """``x`` flattened and zero-padded to a ``(blocks, block)`` matrix, one block per row."""
+class Layout(NamedTuple):
+    """Where each element of a flat gradient sits in the ``(rows, block)`` matrix of blocks.
+
+    ``positions[i]`` is element ``i``'s index in the flattened padded matrix; ``counts[r]`` is how many real
+    elements row ``r`` holds (the rest is zero padding).
+    """
+
+    positions: torch.Tensor
+    counts: torch.Tensor
+    rows: int
+    block: int
+
+
+def layout(numel: int, block: int, segments: Sequence[int] | None = None,
+           device: torch.device | str = "cpu") -> Layout:
+    """Blocks of ``block`` elements that never straddle a segment boundary.
+
+    ``segments`` are the sizes of consecutive pieces of the flat gradient (in a DDP bucket: its parameters), each
+    cut into its own blocks, the last of each possibly short. Default: one segment. A block then never mixes two
+    layers, whose gradients can differ in scale by orders of magnitude.
+
+    Example:
+        >>> lay = layout(7, 4, [5, 2])
+        >>> lay.positions.tolist(), lay.counts.tolist(), lay.rows
+        ([0, 1, 2, 3, 4, 8, 9], [4.0, 1.0, 2.0], 3)
+    """
     _check_block(block)
-    flat = x.reshape(-1)
-    return torch.cat([flat, flat.new_zeros(-flat.numel() % block)]).view(-1, block)
+    sizes = torch.tensor([numel] if segments is None else list(segments), dtype=torch.int64)
+    if bool((sizes < 0).any()) or int(sizes.sum()) != numel:
+        raise ValueError(f"segments must be sizes >= 0 adding up to {numel}, got {list(sizes.tolist())}")
+    per_segment = (sizes + block - 1) // block
+    first_row = torch.cumsum(per_segment, 0) - per_segment
+    first_element = torch.cumsum(sizes, 0) - sizes
+    owner = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+    positions = first_row[owner] * block + torch.arange(numel) - first_element[owner]
+    rows = int(per_segment.sum())
+    counts = torch.full((rows,), float(block))
+    used = per_segment > 0
+    counts[(first_row + per_segment - 1)[used]] = (sizes - (per_segment - 1) * block)[used].to(torch.float32)
+    return Layout(positions.to(device), counts.to(device), rows, block)
 
 
-def _block_sizes(numel: int, block: int, device: torch.device) -> torch.Tensor:
-    """Elements in each block: ``block`` everywhere but the last, which holds the rest."""
-    sizes = torch.full((-(-numel // block),), block, dtype=torch.float32, device=device)
-    if numel % block:
-        sizes[-1] = numel % block
-    return sizes
+def _layout(x: torch.Tensor | int, block: int, segments: Sequence[int] | None, device=None) -> Layout:
+    numel = x if isinstance(x, int) else x.numel()
+    return layout(numel, block, segments, device if device is not None else getattr(x, "device", "cpu"))
 
 
-def _per_element(values: torch.Tensor, block: int, numel: int) -> torch.Tensor:
-    """A per-block vector repeated over each block's elements (``numel`` of them)."""
-    _check_block(block)
-    return values.repeat_interleave(block)[:numel]
+def block_rows(x: torch.Tensor, block: int, segments: Sequence[int] | None = None) -> torch.Tensor:
+    """``x`` flattened into a zero-padded ``(blocks, block)`` matrix, one block per row (see :func:`layout`)."""
+    lay = _layout(x, block, segments)
+    padded = x.new_zeros(lay.rows * block)
+    padded[lay.positions] = x.reshape(-1)
+    return padded.view(lay.rows, block)
 
 
-def block_absmax(x: torch.Tensor, block: int) -> torch.Tensor:
+def _flat(rows: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """The real elements of a ``(blocks, block)`` matrix, in the flat gradient's order."""
+    return rows.reshape(-1)[lay.positions]
+
+
+def _per_element(values: torch.Tensor, block: int, numel: int, segments: Sequence[int] | None) -> torch.Tensor:
+    """A per-block vector spread over each block's elements (``numel`` of them)."""
+    lay = _layout(numel, block, segments, values.device)
+    if values.numel() != lay.rows:
+        raise ValueError(f"{values.numel()} per-block values for {lay.rows} blocks")
+    return values.repeat_interleave(block)[lay.positions]
+
+
+def block_absmax(x: torch.Tensor, block: int, segments: Sequence[int] | None = None) -> torch.Tensor:
     """``max |x|`` of every block, float32."""
-    return block_rows(x, block).abs().amax(dim=1).to(torch.float32)
+    return block_rows(x, block, segments).abs().amax(dim=1).to(torch.float32)
 
 
-def onebit_encode(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+def onebit_encode(x: torch.Tensor, block: int, segments: Sequence[int] | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(signs, scales)``: uint8 1 where ``x ≥ 0`` else 0, and each block's mean ``|x|`` in float32 (G1)."""
-    rows = block_rows(x, block).to(torch.float32)
-    scales = rows.abs().sum(dim=1) / _block_sizes(x.numel(), block, x.device)
+    lay = _layout(x, block, segments)
+    rows = block_rows(x, block, segments).to(torch.float32)
+    scales = rows.abs().sum(dim=1) / lay.counts
     return (x.reshape(-1) >= 0).to(torch.uint8), scales
 
 
-def onebit_decode(signs: torch.Tensor, scales: torch.Tensor, block: int) -> torch.Tensor:
+def onebit_decode(signs: torch.Tensor, scales: torch.Tensor, block: int,
+                  segments: Sequence[int] | None = None) -> torch.Tensor:
     """``+scale`` where the sign bit is 1, ``−scale`` where it is 0."""
-    magnitude = _per_element(scales, block, signs.numel())
+    magnitude = _per_element(scales, block, signs.numel(), segments)
     return torch.where(signs.bool(), magnitude, -magnitude)
 
 
@@ -84,31 +137,49 @@ def _check_levels(levels: int) -> None:
 
 
 def qsgd_encode(x: torch.Tensor, levels: int, block: int, generator: torch.Generator | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                segments: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(signed levels, norms)``: int32 ``sign(x)·⌊s·|x|/‖x‖ + u⌋`` and each block's float32 2-norm (G2).
 
     A block of zeros has norm 0 and sends level 0 everywhere.
     """
     _check_levels(levels)
-    rows = block_rows(x, block).to(torch.float32)
+    lay = _layout(x, block, segments)
+    rows = block_rows(x, block, segments).to(torch.float32)
     norms = rows.norm(dim=1)
     safe = torch.where(norms > 0, norms, torch.ones_like(norms))
     ratio = rows.abs() / safe[:, None] * levels
     uniform = torch.rand(ratio.shape, generator=generator, dtype=torch.float32, device=x.device)
     # ratio ≤ s, and ratio + u < s + 1: the floor never passes s
     magnitude = torch.floor(ratio + uniform).clamp(max=levels)
-    signed = torch.where(rows < 0, -magnitude, magnitude).reshape(-1)[: x.numel()]
+    signed = _flat(torch.where(rows < 0, -magnitude, magnitude), lay)
     return signed.to(torch.int32), norms
 
 
-def qsgd_decode(signed_levels: torch.Tensor, norms: torch.Tensor, levels: int, block: int) -> torch.Tensor:
+def qsgd_decode(signed_levels: torch.Tensor, norms: torch.Tensor, levels: int, block: int,
+                segments: Sequence[int] | None = None) -> torch.Tensor:
     """``‖x‖·l/s`` per element: the unbiased estimate of ``x``."""
     _check_levels(levels)
-    return signed_levels.to(torch.float32) * _per_element(norms / levels, block, signed_levels.numel())
+    return signed_levels.to(torch.float32) * _per_element(norms / levels, block, signed_levels.numel(), segments)
+
+
+def clip_to_std(x: torch.Tensor, c: float, block: int, segments: Sequence[int] | None = None) -> torch.Tensor:
+    """``x`` clipped to ``[−c·σ, c·σ]`` with ``σ`` the standard deviation of each block (TernGrad's §3.4, G4).
+
+    Example:
+        >>> clip_to_std(torch.tensor([1.0, -1.0, 1.0, -1.0, 10.0]), 1.0, block=5).tolist()
+        [1.0, -1.0, 1.0, -1.0, 4.0]
+    """
+    lay = _layout(x, block, segments)
+    rows = block_rows(x, block, segments).to(torch.float32)
+    mean = rows.sum(dim=1) / lay.counts
+    # padding zeros add mean² each to Σ(x − mean)²; take them back out
+    spread = (rows - mean[:, None]).square().sum(dim=1) - (block - lay.counts) * mean.square()
+    limit = _per_element(c * (spread.clamp(min=0) / lay.counts).sqrt(), block, x.numel(), segments)
+    return torch.maximum(torch.minimum(x.reshape(-1).to(torch.float32), limit), -limit)
 
 
 def terngrad_encode(x: torch.Tensor, scalers: torch.Tensor, block: int,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, segments: Sequence[int] | None = None) -> torch.Tensor:
     """Ternary codes in ``{−1, 0, 1}`` (int8): ``sign(x)`` with probability ``|x|/m`` (G4).
 
     Args:
@@ -118,28 +189,32 @@ def terngrad_encode(x: torch.Tensor, scalers: torch.Tensor, block: int,
     Raises:
         ValueError: a scaler below its block's ``max|x|``: the probability would exceed 1 and bias the code.
     """
-    rows = block_rows(x, block).to(torch.float32)
+    lay = _layout(x, block, segments)
+    rows = block_rows(x, block, segments).to(torch.float32)
     peaks = rows.abs().amax(dim=1)
     if scalers.shape != peaks.shape or bool((scalers < peaks).any()):
         raise ValueError("terngrad_encode: scalers must give one value per block, each >= the block's max |x|")
     safe = torch.where(scalers > 0, scalers, torch.ones_like(scalers))
     chance = rows.abs() / safe[:, None]
     keep = torch.rand(chance.shape, generator=generator, dtype=torch.float32, device=x.device) < chance
-    return (torch.sign(rows) * keep).reshape(-1)[: x.numel()].to(torch.int8)
+    return _flat(torch.sign(rows) * keep, lay).to(torch.int8)
 
 
-def terngrad_decode(ternary: torch.Tensor, scalers: torch.Tensor, block: int) -> torch.Tensor:
+def terngrad_decode(ternary: torch.Tensor, scalers: torch.Tensor, block: int,
+                    segments: Sequence[int] | None = None) -> torch.Tensor:
     """``m·t`` per element."""
-    return ternary.to(torch.float32) * _per_element(scalers, block, ternary.numel())
+    return ternary.to(torch.float32) * _per_element(scalers, block, ternary.numel(), segments)
 
 
 def dorefa_encode(x: torch.Tensor, bits: int, block: int, generator: torch.Generator | None = None,
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  segments: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(codes, peaks)``: DoReFa's k-bit gradient codes in ``0..2^k − 1`` (int32) and each block's ``max|x|``."""
-    codes, peaks = dorefa_gradient_codes(block_rows(x, block).to(torch.float32), bits, generator)
-    return codes.reshape(-1)[: x.numel()], peaks.reshape(-1)
+    lay = _layout(x, block, segments)
+    codes, peaks = dorefa_gradient_codes(block_rows(x, block, segments).to(torch.float32), bits, generator)
+    return _flat(codes, lay), peaks.reshape(-1)
 
 
-def dorefa_decode(codes: torch.Tensor, peaks: torch.Tensor, bits: int, block: int) -> torch.Tensor:
+def dorefa_decode(codes: torch.Tensor, peaks: torch.Tensor, bits: int, block: int,
+                  segments: Sequence[int] | None = None) -> torch.Tensor:
     """``2·peak·(q/(2^k − 1) − 1/2)`` per element."""
-    return dorefa_gradient_values(codes.reshape(1, -1), _per_element(peaks, block, codes.numel())[None], bits)[0]
+    return dorefa_gradient_values(codes.reshape(1, -1), _per_element(peaks, block, codes.numel(), segments)[None], bits)[0]

@@ -1,0 +1,127 @@
+"""Gradient compression (issue #11): bytes per step and accuracy of LeNet-5 on Fashion-MNIST under DDP.
+
+Each setting trains LeNet-5 from the same seed with ``examples/ddp_compressed.py`` under ``torchrun`` on this
+machine (gloo, one thread per process): global batch 128, SGD momentum 0.9, lr 0.05 with cosine decay, all
+60,000 training images, the same number of epochs for every setting. ``none`` is DDP's own fp32 all-reduce,
+the baseline. Bytes are what rank 0 handed to collectives per step (payloads, QSGD's lengths, TernGrad's
+scalers), against the 4 bytes per gradient value that fp32 all-reduce hands over.
+
+Writes benchmarks/results/gradient_compression.{json,md}. Run:
+``.venv/bin/python benchmarks/gradient_compression.py [--processes 2 4] [--epochs 2] [--seeds 0 1]``
+(about 30 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+EXAMPLE = ROOT / "examples" / "ddp_compressed.py"
+
+SETTINGS = {
+    "fp32 all-reduce (DDP default)": ("none", []),
+    "fp16": ("fp16", []),
+    "onebit + error feedback": ("onebit", []),
+    "onebit, no error feedback": ("onebit", ["error_feedback=false"]),
+    "qsgd s=16": ("qsgd", ["levels=16"]),
+    "terngrad": ("terngrad", []),
+    "terngrad, no clipping": ("terngrad", ["clip=none"]),
+    "dorefa 4-bit": ("dorefa", ["bits=4"]),
+}
+BASELINE = "fp32 all-reduce (DDP default)"
+# the issue's targets: times fewer bytes than fp32 all-reduce
+TARGET_RATIO = {"onebit + error feedback": 25, "terngrad": 14, "qsgd s=16": 6}
+WITHIN_ONE_POINT = ("onebit + error feedback", "qsgd s=16", "terngrad")
+
+
+def run_one(scheme: str, options: list[str], processes: int, epochs: int, seed: int) -> dict:
+    """One torchrun of the example; returns its result.json with the wall time added."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    with tempfile.TemporaryDirectory() as out:
+        command = [str(torchrun), "--standalone", f"--nproc_per_node={processes}", str(EXAMPLE), "--scheme", scheme,
+                   "--epochs", str(epochs), "--seed", str(seed), "--out", out]
+        for option in options:
+            command += ["--option", option]
+        started = time.perf_counter()
+        done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+        result = json.loads((Path(out) / "result.json").read_text())
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def _steps(result: dict, processes: int) -> int:
+    return 60000 // 128 * result["epochs"]
+
+
+def measure(processes: list[int], epochs: int, seeds: list[int]) -> dict:
+    rows = []
+    for world in processes:
+        for label, (scheme, options) in SETTINGS.items():
+            runs = [run_one(scheme, options, world, epochs, seed) for seed in seeds]
+            accuracy = [r["history"][-1]["accuracy"] for r in runs]
+            sent = runs[0]["communication"]
+            steps = _steps(runs[0], world)
+            bytes_per_step = sent["bytes_sent"] / steps if sent else None
+            fp32_per_step = sent["bytes_uncompressed"] / steps if sent else None
+            rows.append({"processes": world, "setting": label, "scheme": scheme, "options": options,
+                         "accuracy": accuracy, "mean_accuracy": round(statistics.mean(accuracy), 2),
+                         "bytes_per_step": bytes_per_step, "fp32_bytes_per_step": fp32_per_step,
+                         "payload_bits_per_step": sent["payload_bits"] / steps if sent else None,
+                         "wall_seconds": [r["wall_seconds"] for r in runs]})
+            print(f"{world} processes, {label}: accuracy {accuracy}, bytes/step {bytes_per_step}", flush=True)
+    for row in rows:
+        base = next(r for r in rows if r["processes"] == row["processes"] and r["setting"] == BASELINE)
+        fp32 = next((r["fp32_bytes_per_step"] for r in rows if r["fp32_bytes_per_step"]), None)
+        row["bytes_per_step"] = row["bytes_per_step"] if row["bytes_per_step"] is not None else fp32
+        row["times_fewer_bytes"] = round(fp32 / row["bytes_per_step"], 2)
+        row["accuracy_vs_fp32"] = round(row["mean_accuracy"] - base["mean_accuracy"], 2)
+    return {"model": "lenet5", "epochs": epochs, "seeds": seeds, "global_batch": 128, "rows": rows}
+
+
+def table(result: dict) -> str:
+    lines = [f"LeNet-5 on Fashion-MNIST, {result['epochs']} epochs, global batch 128, seeds {result['seeds']} "
+             "(accuracy: mean over seeds; bytes: rank 0, per step).", "",
+             "| processes | setting | bytes / step | × fewer than fp32 | target | test accuracy % | vs fp32 |",
+             "|---:|---|---:|---:|---|---:|---:|"]
+    for row in result["rows"]:
+        target = TARGET_RATIO.get(row["setting"])
+        mark = f"≥ {target}× {'✔' if row['times_fewer_bytes'] >= target else '✘'}" if target else ""
+        delta = row["accuracy_vs_fp32"]
+        if row["setting"] in WITHIN_ONE_POINT:
+            delta = f"{delta:+.2f} {'✔' if delta >= -1.0 else '✘'}"
+        elif row["setting"] != BASELINE:
+            delta = f"{delta:+.2f}"
+        else:
+            delta = ""
+        lines.append(f"| {row['processes']} | {row['setting']} | {row['bytes_per_step']:,.0f} | "
+                     f"{row['times_fewer_bytes']:.1f}× | {mark} | {row['mean_accuracy']:.2f} | {delta} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--out", type=Path, default=RESULTS / "gradient_compression")
+    args = parser.parse_args()
+    result = measure(args.processes, args.epochs, args.seeds)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    args.out.with_suffix(".md").write_text(table(result))
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()
