@@ -108,6 +108,8 @@ def _combine(pieces: list[torch.Tensor], coefficients: list[float], out: torch.T
              ) -> torch.Tensor:
     """``Σ c·piece`` over the non-zero coefficients, written into ``out`` if given: a row of a transform matrix
     applied to whole slices (the first two terms in one pass)."""
+    if out is not None and torch.is_grad_enabled() and any(p.requires_grad for p in pieces):
+        return out.copy_(_combine(pieces, coefficients))  # autograd does not record out= arguments
     terms = [(piece, c) for piece, c in zip(pieces, coefficients) if c != 0]
     if not terms:
         return torch.zeros_like(pieces[0]) if out is None else out.zero_()
@@ -193,6 +195,9 @@ def conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, s
     oh, ow = _output_size(x.shape[2], kh, stride[0], padding[0]), _output_size(x.shape[3], kw, stride[1], padding[1])
     if oh < 1 or ow < 1:
         raise ValueError(f"conv2d: a {kh}×{kw} filter does not fit the padded {tuple(x.shape[2:])} image")
+    if x.shape[0] == 0:  # an empty batch: nothing to transform (the FFT and tile reshapes need elements)
+        y = x.new_zeros(0, w.shape[0], oh, ow)
+        return y if bias is None else y + bias.view(1, -1, 1, 1)
     x = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if any(padding) else x
     if algorithm in _TILE:
         if (kh, kw) != (3, 3) or stride != (1, 1):

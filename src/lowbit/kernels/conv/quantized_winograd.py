@@ -4,7 +4,8 @@ Two ways to run F(m×m, 3×3) on a quantized layer (docs/math.md W4):
 
 - **spatial** (:func:`winograd_conv2d_codes`): the int8 codes (centred on their zero points) are transformed
   exactly. ``Bᵀ`` is integer (:mod:`.cook_toom`), so ``V = Bᵀ d B`` is integer but up to ``‖Bᵀ‖∞²`` times
-  wider than ``d`` (4× for F(2,3): 10 bits; 100× for F(4,3): 15 bits). ``G`` holds fractions with common
+  wider than ``d`` (4× for F(2,3): 10 bits for codes in ±127, 11 with −128; 100× for F(4,3): 15 bits).
+  ``G`` holds fractions with common
   denominator ``c``, so ``(cG) g (cG)ᵀ = c²U`` is integer. The result ``Aᵀ M A / c²`` equals the direct integer
   convolution exactly; the cost is the wider operands, which :func:`range_growth` and the returned bit widths
   state.
@@ -14,7 +15,7 @@ Two ways to run F(m×m, 3×3) on a quantized layer (docs/math.md W4):
 
 Example:
     >>> import torch
-    >>> x = torch.randint(-128, 128, (1, 2, 6, 6)).to(torch.float64)
+    >>> x = torch.randint(-127, 128, (1, 2, 6, 6)).to(torch.float64)
     >>> w = torch.randint(-127, 128, (3, 2, 3, 3)).to(torch.float64)
     >>> acc, widths = winograd_conv2d_codes(x, w, m=2, padding=1)
     >>> torch.equal(acc, torch.nn.functional.conv2d(x, w, padding=1)), widths["input_transform_bits"] <= 10
@@ -69,7 +70,7 @@ def winograd_conv2d_codes(x: torch.Tensor, w: torch.Tensor, m: int, padding: int
     """
     if w.shape[2:] != (3, 3):
         raise ValueError(f"winograd_conv2d_codes: needs 3×3 filters, got {tuple(w.shape[2:])}")
-    if not (torch.equal(x, x.round()) and torch.equal(w, w.round())):
+    if not all(bool(torch.isfinite(t).all()) and torch.equal(t, t.round()) for t in (x, w)):
         raise ValueError("winograd_conv2d_codes: x and w must hold integer codes")
     a_t, cg, b_t, c = _integer_matrices(m)
     x, w = x.to(torch.float64), w.to(torch.float64)
