@@ -5,10 +5,9 @@ Two ways to run F(m×m, 3×3) on a quantized layer (docs/math.md W4):
 - **spatial** (:func:`winograd_conv2d_codes`): the int8 codes (centred on their zero points) are transformed
   exactly. ``Bᵀ`` is integer (:mod:`.cook_toom`), so ``V = Bᵀ d B`` is integer but up to ``‖Bᵀ‖∞²`` times
   wider than ``d`` (4× for F(2,3): 10 bits for codes in ±127, 11 with −128; 100× for F(4,3): 15 bits).
-  ``G`` holds fractions with common
-  denominator ``c``, so ``(cG) g (cG)ᵀ = c²U`` is integer. The result ``Aᵀ M A / c²`` equals the direct integer
-  convolution exactly; the cost is the wider operands, which :func:`range_growth` and the returned bit widths
-  state.
+  ``G`` holds fractions with common denominator ``c``, so ``(cG) g (cG)ᵀ = c²U`` is integer. The result
+  ``Aᵀ M A / c²`` equals the direct integer convolution exactly; the cost is the wider operands, which
+  :func:`range_growth` and the returned bit widths state.
 - **transformed** (:func:`winograd_conv2d_transformed_int8`): ``U`` and ``V`` are quantized to int8 after the
   transform (symmetric, one scale per tile position, and per output channel for ``U``), so the products are
   int8 × int8 as on integer hardware, and the transform's range growth turns into rounding error.
