@@ -54,6 +54,8 @@ bench: $(STAMP) data peers
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/optim8bit.py --part memory
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/optim8bit.py --part speed
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/optim8bit.py --part train --model mlp
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/gradient_compression.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/conv_algorithms.py --part all
 
 # Peer quantizers (torchao, NNCF) live in their own environment with the same torch pin; only benchmarks use it.
 PEERS_VENV := .venv-peers

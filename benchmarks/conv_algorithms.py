@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lowbit.kernels.conv import (Algorithm, conv2d, range_growth, strassen_matmul, winograd_conv2d_codes,
-                                 winograd_conv2d_transformed_int8, winograd_weight)
+from lowbit.kernels.conv import (Algorithm, conv2d, fft_size, fft_weight, range_growth, strassen_matmul,
+                                 winograd_conv2d_codes, winograd_conv2d_transformed_int8, winograd_weight)
 
 RESULTS = Path(__file__).parent / "results"
 WINOGRAD = {Algorithm.WINOGRAD_2x2_3x3: 2, Algorithm.WINOGRAD_4x4_3x3: 4}
@@ -60,6 +60,9 @@ def _jobs(x: torch.Tensor, w: torch.Tensor, pad: int) -> dict:
             u = winograd_weight(w, WINOGRAD[algorithm])
             jobs[f"{algorithm.value} (prepared)"] = (
                 lambda a=algorithm, u=u: conv2d(x, w, padding=pad, algorithm=a, prepared=u))
+        if algorithm is Algorithm.FFT:
+            spectra = fft_weight(w, fft_size(tuple(x.shape), tuple(w.shape), (pad, pad)))
+            jobs["fft (prepared)"] = lambda s=spectra: conv2d(x, w, padding=pad, algorithm=Algorithm.FFT, prepared=s)
         if algorithm is Algorithm.DIRECT and w.shape[2] > 7:
             continue  # r² GEMMs: 121 small products at 11×11 take seconds and show nothing new
         jobs[algorithm.value] = lambda a=algorithm: conv2d(x, w, padding=pad, algorithm=a)

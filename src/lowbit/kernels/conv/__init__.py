@@ -12,11 +12,12 @@ Example:
     True
 """
 
-from lowbit.kernels.conv.algorithms import Algorithm, conv2d, multiplications, winograd_weight
+from lowbit.kernels.conv.algorithms import (Algorithm, conv2d, fft_size, fft_weight, multiplications,
+                                            winograd_weight)
 from lowbit.kernels.conv.cook_toom import winograd_fractions, winograd_matrices
 from lowbit.kernels.conv.quantized_winograd import (range_growth, winograd_conv2d_codes,
                                                     winograd_conv2d_transformed_int8)
 from lowbit.kernels.conv.strassen import strassen_matmul
 
-__all__ = ["Algorithm", "conv2d", "multiplications", "winograd_weight", "winograd_fractions", "winograd_matrices",
+__all__ = ["Algorithm", "conv2d", "multiplications", "winograd_weight", "fft_weight", "fft_size", "winograd_fractions", "winograd_matrices",
            "range_growth", "winograd_conv2d_codes", "winograd_conv2d_transformed_int8", "strassen_matmul"]

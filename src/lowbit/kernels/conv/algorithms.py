@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from lowbit.kernels.conv.cook_toom import winograd_matrices
 
-__all__ = ["Algorithm", "conv2d", "winograd_weight", "multiplications"]
+__all__ = ["Algorithm", "conv2d", "winograd_weight", "fft_weight", "fft_size", "multiplications"]
 
 
 class Algorithm(enum.Enum):
@@ -162,15 +162,27 @@ def _winograd(x: torch.Tensor, w: torch.Tensor, m: int, oh: int, ow: int,
     return y.permute(1, 0, 2, 3, 5, 4).reshape(n, k, th * m, tw * m)[:, :, :oh, :ow]
 
 
-def _fft(x: torch.Tensor, w: torch.Tensor, stride: tuple[int, int], oh: int, ow: int) -> torch.Tensor:
+def fft_size(x_shape: tuple[int, ...], w_shape: tuple[int, ...], padding: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+    """The FFT size of the full linear convolution: padded image plus filter, minus one, per axis."""
+    return x_shape[2] + 2 * padding[0] + w_shape[2] - 1, x_shape[3] + 2 * padding[1] + w_shape[3] - 1
+
+
+def fft_weight(w: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The filters' spectra for :func:`conv2d` with ``algorithm=FFT``, as ``(fh, fw, C, K)``: computed once per
+    layer and image size (``size`` from :func:`fft_size`)."""
+    # correlation = convolution with the flipped filter
+    return torch.fft.rfft2(w.flip(-1, -2), s=size).permute(2, 3, 1, 0).contiguous()
+
+
+def _fft(x: torch.Tensor, w: torch.Tensor, stride: tuple[int, int], oh: int, ow: int,
+         spectra: torch.Tensor | None = None) -> torch.Tensor:
     n, c, h, width = x.shape
     k, _, kh, kw = w.shape
-    # correlation = convolution with the flipped filter; the full linear convolution has h + kh − 1 rows
     size = (h + kh - 1, width + kw - 1)
-    fx = torch.fft.rfft2(x, s=size)  # (N, C, fh, fw)
-    fw = torch.fft.rfft2(w.flip(-1, -2), s=size)  # (K, C, fh, fw)
+    spectra = fft_weight(w, size) if spectra is None else spectra
+    fx = torch.fft.rfft2(x, s=size).permute(2, 3, 0, 1).contiguous()  # (fh, fw, N, C)
     # Σ_c X[n, c, f] · W[k, c, f] for every frequency f: a batch of (N, C) × (C, K) complex GEMMs
-    spectrum = torch.matmul(fx.permute(2, 3, 0, 1), fw.permute(2, 3, 1, 0)).permute(2, 3, 0, 1)
+    spectrum = torch.matmul(fx, spectra).permute(2, 3, 0, 1)
     full = torch.fft.irfft2(spectrum, s=size)
     valid = full[:, :, kh - 1:h, kw - 1:width]  # where the filter lies inside the (padded) image
     return valid[:, :, ::stride[0], ::stride[1]][:, :, :oh, :ow]
@@ -181,9 +193,10 @@ def conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, s
            prepared: torch.Tensor | None = None) -> torch.Tensor:
     """``torch.nn.functional.conv2d(x, w, bias, stride, padding)`` computed by ``algorithm``.
 
-    ``prepared``: for Winograd, the transformed filters ``winograd_weight(w, m)`` computed once and reused (a
-    layer's weights do not change between calls; the transform costs about a third of the convolution at
-    64 channels, 56×56).
+    ``prepared``: the filters transformed once and reused, as a layer's weights do not change between calls:
+    ``winograd_weight(w, m)`` for Winograd (about a third of the convolution's time at 64 channels, 56×56), or
+    ``fft_weight(w, fft_size(x.shape, w.shape, padding))`` for FFT (the spectra of 64×64 filters at 60×60 take
+    longer than the convolution itself).
 
     Raises:
         ValueError: bad shapes, strides or paddings; Winograd with a filter other than 3×3 or a stride above 1.
@@ -208,7 +221,12 @@ def conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, s
                              f"{(alpha * alpha, w.shape[0], w.shape[1])}, got {tuple(prepared.shape)}")
         y = _winograd(x, w, _TILE[algorithm], oh, ow, prepared)
     elif algorithm is Algorithm.FFT:
-        y = _fft(x, w, stride, oh, ow)
+        size = (x.shape[2] + kh - 1, x.shape[3] + kw - 1)
+        expected = (size[0], size[1] // 2 + 1, w.shape[1], w.shape[0])
+        if prepared is not None and tuple(prepared.shape) != expected:
+            raise ValueError(f"conv2d: prepared must be fft_weight(w, {size}) of shape {expected}, got "
+                             f"{tuple(prepared.shape)}")
+        y = _fft(x, w, stride, oh, ow, prepared)
     elif algorithm is Algorithm.DIRECT:
         y = _direct(x, w, stride, oh, ow)
     else:
