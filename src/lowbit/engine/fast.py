@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from lowbit.engine.conv_algorithm import PreparedFilters, integer_conv
+from lowbit.kernels.conv import Algorithm
 from lowbit.engine.bits import BitProduct, bit_accumulator, pack_signs_of, plan_packed
 from lowbit.engine.islands import island_tensors, run_island
 from lowbit.engine.kernels import FLOAT32_EXACT, Requant, float_multiplier
@@ -104,6 +106,23 @@ def _unfolded_conv(op: dict[str, Any], w: torch.Tensor, bias: torch.Tensor | Non
         if bias is not None:
             out += bias
         return out.reshape(n, oh, ow, -1).permute(0, 3, 1, 2)  # NCHW logically, channels-last in memory
+
+    return accumulate
+
+
+def _algorithm_conv(op: dict[str, Any], tensors: dict[str, torch.Tensor], bias: torch.Tensor | None) -> Step:
+    """A conv layer computed by its chosen algorithm on float64 centred codes (filters transformed once), rounded
+    to the integers, handed on as float32 channels-last like every other accumulator."""
+    w = tensors[op["weight"]].to(torch.float64)
+    w = w - tensors[op["weight_zero_point"]].to(torch.float64).reshape(-1, 1, 1, 1)
+    x, stride, padding, algorithm = op["x"], tuple(op["stride"]), tuple(op["padding"]), Algorithm(op["algorithm"])
+    prepared = PreparedFilters(w, algorithm, padding)
+
+    def accumulate(env: dict[str, torch.Tensor]) -> torch.Tensor:
+        acc = integer_conv(env[x], w, stride, padding, algorithm, op["name"], prepared).to(torch.float32)
+        if bias is not None:
+            acc += bias.view(1, -1, 1, 1)
+        return _channels_last(acc)
 
     return accumulate
 
@@ -205,6 +224,8 @@ class _Compiler:
             def accumulate(env: dict[str, torch.Tensor]) -> torch.Tensor:
                 acc = product(env[x])
                 return acc if bias_view is None else acc.add_(bias_view)
+        elif op["op"] == "conv" and op.get("algorithm"):
+            accumulate = _algorithm_conv(op, t, bias)
         elif op["op"] == "conv" and w.dim() == 4 and op["groups"] == 1 and w[0].numel() <= _SMALL_FILTER:
             accumulate = _unfolded_conv(op, w, bias)
         elif op["op"] == "conv":

@@ -22,6 +22,7 @@ import enum
 import torch
 from torch.nn import functional as F
 
+from lowbit.engine.conv_algorithm import integer_conv
 from lowbit.functional.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
 
 __all__ = ["Requant", "requantize", "check_int32", "conv_accumulate", "linear_accumulate", "add", "concat",
@@ -93,15 +94,23 @@ def exact_in_float32(input_bound: int, w: torch.Tensor, w_zero_point: torch.Tens
 
 def conv_accumulate(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, w_zero_point: torch.Tensor,
                     bias: torch.Tensor | None, stride: tuple, padding: tuple, dilation: tuple, groups: int,
-                    where: str, exact: bool = False) -> torch.Tensor:
+                    where: str, exact: bool = False, algorithm: str | None = None) -> torch.Tensor:
     """int32 accumulator of a convolution on codes: ``Σ (q_x − z_x)(q_w − z_w) + bias``.
 
     Padding is with the input zero point (a real zero), i.e. zero after centring. ``exact=True`` (allowed only
     when :func:`exact_in_float32` holds) sums in float32 with PyTorch's fast convolution and returns the same
-    integers as float32 values; otherwise the sum is float64, then checked against int32.
+    integers as float32 values; otherwise the sum is float64, then checked against int32. ``algorithm`` (a
+    :class:`lowbit.kernels.conv.Algorithm` value) computes the sum by that algorithm in float64, rounded to the
+    integers (:mod:`lowbit.engine.conv_algorithm`).
     """
     conv = F.conv1d if w.dim() == 3 else F.conv2d
     shape = [-1] + [1] * (w.dim() - 1)
+    if algorithm is not None:
+        acc = integer_conv(_centered(x, x_zero_point), _centered(w, w_zero_point, shape), tuple(stride),
+                           tuple(padding), algorithm, where)
+        if bias is not None:
+            acc = acc + bias.to(torch.float64).reshape(1, -1, 1, 1)
+        return check_int32(acc, where)
     if exact:  # float32 sums are exact here (see exact_in_float32): the fast path, same integers
         acc32 = conv(x.to(torch.float32) - x_zero_point, (w.to(torch.float32) - w_zero_point.reshape(shape)), None,
                      stride, padding, dilation, groups)

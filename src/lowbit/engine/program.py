@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
+from lowbit.engine.conv_algorithm import eligibility
+from lowbit.kernels.conv import Algorithm
 from lowbit.engine import kernels as K
 from lowbit.engine.fast import FastRunner, compile_fast
 from lowbit.engine.islands import ISLANDS, island_tensors, run_island
@@ -26,6 +28,7 @@ from lowbit.engine.kernels import Requant
 __all__ = ["Program", "FORMAT"]
 
 FORMAT = "lowbit-program/1"
+_ALGORITHMS = {"direct", "im2col", "winograd_2x2_3x3", "winograd_4x4_3x3", "fft"}
 _OPS = {"quantize", "dequantize", "conv", "linear", "add", "concat", "clamp", "maxpool", "global_avgpool", "avgpool",
         "reshape", "float"}
 _JSON, _TENSORS = "program.json", "program.safetensors"
@@ -85,7 +88,10 @@ class Program:
             exact = bool(op.get("exact_float32")) and self.fast
             if kind == "conv":
                 acc = K.conv_accumulate(x, op["in_zero_point"], w, w_zp, bias, tuple(op["stride"]),
-                                        tuple(op["padding"]), tuple(op["dilation"]), op["groups"], op["name"], exact)
+                                        tuple(op["padding"]), tuple(op["dilation"]), op["groups"], op["name"], exact,
+                                        op.get("algorithm"))
+                if op.get("algorithm") and exact:
+                    acc = acc.to(torch.float32)  # the exact path's contract: the integers held as float32
             else:
                 acc = K.linear_accumulate(x, op["in_zero_point"], w, w_zp, bias, op["name"], exact)
             if exact and mode is Requant.FIXED_POINT:
@@ -163,12 +169,52 @@ class Program:
         program.validate(str(folder))
         return program
 
+    def set_conv_algorithm(self, algorithm: str, layers: list[str] | None = None) -> list[str]:
+        """Compute the named conv layers (default: every layer ``algorithm`` can run) by ``algorithm``.
+
+        ``algorithm`` is a :class:`lowbit.kernels.conv.Algorithm` value (``"winograd_2x2_3x3"``, ``"fft"``, …) or
+        ``"default"`` to go back to the engine's own convolution. The integers do not change
+        (:mod:`lowbit.engine.conv_algorithm`); the choice is saved with the program.
+
+        Returns:
+            The names of the layers set.
+
+        Raises:
+            ValueError: an unknown algorithm or layer name, or a named layer the algorithm cannot run (why).
+        """
+        convs = {op["name"]: op for op in self.ops if op["op"] == "conv"}
+        unknown = [name for name in layers or [] if name not in convs]
+        if unknown:
+            raise ValueError(f"set_conv_algorithm: no conv layers named {unknown}; conv layers: {sorted(convs)}")
+        if algorithm == "default":
+            chosen = list(layers) if layers is not None else list(convs)
+            for name in chosen:
+                convs[name].pop("algorithm", None)
+        else:
+            try:
+                kind = Algorithm(algorithm)
+            except ValueError:
+                raise ValueError(f"set_conv_algorithm: algorithm must be 'default' or one of "
+                                 f"{[a.value for a in Algorithm]}, got {algorithm!r}") from None
+            why = {name: eligibility(op, tuple(self.tensors[op["weight"]].shape), kind) for name, op in convs.items()}
+            if layers is not None:
+                refused = {name: why[name] for name in layers if why[name]}
+                if refused:
+                    raise ValueError(f"set_conv_algorithm: {kind.value} cannot run {refused}")
+            chosen = list(layers) if layers is not None else [name for name, reason in why.items() if reason is None]
+            for name in chosen:
+                convs[name]["algorithm"] = kind.value
+        self._runner = None  # recompile with the new choice
+        return chosen
+
     def validate(self, where: str = "program") -> None:
         """Check that every op is known and names only tensors and values that exist before it."""
         known = set(self.inputs)
         for i, op in enumerate(self.ops):
             if not isinstance(op, dict) or op.get("op") not in _OPS or "y" not in op:
                 raise ValueError(f"{where}: op {i} is not a known op: {op!r}"[:300])
+            if op.get("algorithm") is not None and op.get("algorithm") not in _ALGORITHMS:
+                raise ValueError(f"{where}: op {i} names an unknown convolution algorithm {op['algorithm']!r}")
             if op["op"] == "float" and op.get("fn") not in ISLANDS:
                 raise ValueError(f"{where}: op {i} is an unknown float island {op.get('fn')!r}")
             for value in [op[k] for k in ("x", "a", "b") if k in op] + list(op.get("args", [])):
