@@ -7,7 +7,7 @@ EXTRAS := dev,nlp,peers
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 
-.PHONY: demo test bench peers clean-venv data
+.PHONY: demo test bench peers clean-venv data browser
 
 # Re-runs only when the dependency list changes; the package itself is installed editable.
 $(STAMP): pyproject.toml constraints.txt
@@ -22,11 +22,16 @@ data:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
+# headless Chromium opens the HTML report in the tests (Debian's package; no network at run time)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 demo: $(STAMP) data
 	HF_HUB_OFFLINE=1 $(VENV)/bin/lowbit demo
 
 # pytest exits 5 when it collected nothing: that is a failure, never a silent success.
-test: $(STAMP) data
+test: $(STAMP) data browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc

@@ -59,7 +59,10 @@ def test_quantize_json_then_eval_the_saved_model(tmp_path):
     assert set(data) == {"model", "recipe", "observer", "calibration", "transforms", "fp32", "quantized"}
     assert data["observer"] == "percentile" and data["quantized"]["backend"] == "simulation"
     assert data["calibration"] == "data:128" and data["transforms"] == []
-    assert data["quantized"]["bytes"] == sum(f.stat().st_size for f in out.iterdir())
+    model_files = [out / "model.safetensors", out / "lowbit.json"]  # result.json and layers.json are for reports
+    assert data["quantized"]["bytes"] == sum(f.stat().st_size for f in model_files)
+    assert sorted(f.name for f in out.iterdir()) == ["layers.json", "lowbit.json", "model.safetensors", "result.json"]
+    assert json.loads((out / "result.json").read_text()) == data
     assert data["fp32"]["bytes"] > 3 * data["quantized"]["bytes"]
     assert abs(data["fp32"]["accuracy"] - data["quantized"]["accuracy"]) < 1.0
     again = runner.invoke(app, ["eval", "--model", str(out), "--json"])
@@ -76,7 +79,10 @@ def test_qat_json_has_quantizes_shape_and_the_saved_model_reloads(tmp_path):
     data = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(data) == {"model", "recipe", "observer", "calibration", "transforms", "fp32", "quantized", "qat"}
     assert data["qat"]["epochs"] == 2 and len(data["qat"]["history"]) == 2 and data["qat"]["train_samples"] == 1024
-    assert data["quantized"]["bytes"] == sum(f.stat().st_size for f in out.iterdir())
+    model_files = [out / "model.safetensors", out / "lowbit.json"]  # result.json and layers.json are for reports
+    assert data["quantized"]["bytes"] == sum(f.stat().st_size for f in model_files)
+    assert sorted(f.name for f in out.iterdir()) == ["layers.json", "lowbit.json", "model.safetensors", "result.json"]
+    assert json.loads((out / "result.json").read_text()) == data
     assert data["fp32"]["bytes"] > 4 * data["quantized"]["bytes"]  # 4-bit codes inside, 8-bit first and last
     assert data["fp32"]["accuracy"] - data["quantized"]["accuracy"] < 3.0
     again = runner.invoke(app, ["eval", "--model", str(out), "--json"])

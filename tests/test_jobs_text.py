@@ -21,7 +21,8 @@ def test_static_w8a8_minilm_json_and_eval_round_trip(tmp_path):
     fp32, q = data["fp32"], data["quantized"]
     assert set(fp32) == {"cosine", "spearman", "bytes", "latency_ms", "backend"} and fp32["cosine"] == 1.0
     assert q["cosine"] >= 0.99 and abs(q["spearman"] - fp32["spearman"]) <= 0.01
-    assert q["bytes"] == sum(f.stat().st_size for f in out.iterdir()) < fp32["bytes"]
+    assert q["bytes"] == sum((out / f).stat().st_size for f in ("model.safetensors", "lowbit.json")) < fp32["bytes"]
+    assert (out / "result.json").is_file() and (out / "layers.json").is_file()  # for `lowbit report`
     again = CliRunner().invoke(app, ["eval", "--model", str(out), "--json"])
     assert again.exit_code == 0, again.output
     reloaded = json.loads(again.stdout.strip().splitlines()[-1])

@@ -326,6 +326,28 @@ def evaluate(
     typer.echo(json.dumps(result) if as_json else "  ".join(f"{k}={v}" for k, v in result.items()))
 
 
+@app.command("report")
+def report(
+    folder: Path = typer.Argument(..., help="a folder written by `lowbit quantize --out FOLDER`"),
+    as_json: bool = typer.Option(False, "--json", help="print the report's content as one JSON object"),
+) -> None:
+    """Write FOLDER/report.html (self-contained: plots inlined, no network) and FOLDER/report.json: the summary
+    (fp32 against quantized, and which backend measured it), the per-layer table and the histograms.
+
+    Example: lowbit quantize --model zoo:resnet20 --recipe w8a8 --out out/r20 && lowbit report out/r20
+    """
+    from lowbit.reports.html import write_report
+
+    try:
+        paths = write_report(folder)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    if as_json:
+        typer.echo(paths["json"].read_text())
+        return
+    typer.echo(f"wrote {paths['html']} and {paths['json']}")
+
+
 @app.command("export")
 def export(
     model: str = typer.Option(..., help="a folder written by `lowbit quantize` (static or weight-only, 8-bit)"),

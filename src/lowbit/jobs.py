@@ -17,6 +17,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -268,7 +270,27 @@ def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path 
               "quantized": quantized}
     if chosen is not None:
         result["mixed"] = chosen.to_dict()
+    write_result(folder, result, qmodel, float_model, batches)
     return result
+
+
+def write_result(folder: Path, result: dict[str, Any], qmodel: nn.Module, float_model: nn.Module,
+                 batches: list[Any]) -> None:
+    """Save ``result.json`` and the per-layer facts ``layers.json`` beside the model, for ``lowbit report``.
+
+    The per-layer facts need the observers' ranges, which only the model in memory holds. A model they cannot be
+    gathered for (a warning says why) gets ``{"error": reason}`` instead.
+    """
+    from lowbit.reports.layers import layer_report
+
+    folder = Path(folder)
+    (folder / "result.json").write_text(json.dumps(result, indent=1))
+    try:
+        layers = layer_report(qmodel, float_model, batches)
+    except Exception as error:  # noqa: BLE001 - the report is an extra; the quantized model is already saved
+        warnings.warn(f"lowbit: no per-layer report for {result.get('model')}: {error!r}", stacklevel=2)
+        layers = {"error": repr(error)}
+    (folder / "layers.json").write_text(json.dumps(layers))
 
 
 def training_subset(count: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -331,11 +353,13 @@ def run_qat(model: str, recipe: str | Recipe | None = None, quantizer: str = "ls
     folder = save_quantized(frozen, out, source=model)
     quantized = evaluation.measure(frozen, folder_bytes(folder), backend_of(spec))
     quantized["path"] = str(folder)
-    return {"model": model, "recipe": spec.name, "observer": None, "calibration": f"data:{calib}",
-            "transforms": [], "fp32": fp32, "quantized": quantized,
-            "qat": {"quantizer": quantizer, "weights": config.weight_quantizer.value,
-                    "activations": config.activation_quantizer.value, "epochs": epochs, "train_samples": len(labels),
-                    "history": fitted.history}}
+    result = {"model": model, "recipe": spec.name, "observer": None, "calibration": f"data:{calib}",
+              "transforms": [], "fp32": fp32, "quantized": quantized,
+              "qat": {"quantizer": quantizer, "weights": config.weight_quantizer.value,
+                      "activations": config.activation_quantizer.value, "epochs": epochs,
+                      "train_samples": len(labels), "history": fitted.history}}
+    write_result(folder, result, frozen, float_model, calibration_batches(calib, seed=seed))
+    return result
 
 
 def run_compress(model: str, sparsity: float = 0.92, bits: int = 5, out: str | Path = "lowbit-out",
