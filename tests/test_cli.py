@@ -302,3 +302,28 @@ def test_compress_rejects_bad_options(tmp_path):
     assert result.exit_code == 2 and "--scope" in result.output
     result = runner.invoke(app, ["compress", "--model", "zoo:nope", "--out", str(tmp_path)])
     assert result.exit_code != 0
+
+
+def test_lower_writes_an_engine_program_that_runs_like_the_in_process_one(tmp_path):
+    """`lowbit lower` saves a program equal in outputs to lowering the same folder in process; --conv-algorithm
+    switches conv layers without changing a single output value; a bad mode exits 2."""
+    import torch
+
+    from lowbit.engine import Program, lower
+    from lowbit.serialize import load_quantized
+    from lowbit.zoo.data import fashion_mnist
+
+    folder = tmp_path / "q"
+    done = runner.invoke(app, ["quantize", "--model", "zoo:lenet5", "--calib", "64", "--out", str(folder), "--json"])
+    assert done.exit_code == 0, done.output
+    images = fashion_mnist("test").tensors[0][:16]
+    expected = lower(load_quantized(folder), torch.zeros(1, 1, 28, 28))(images)
+    for extra in ([], ["--conv-algorithm", "fft"]):
+        out = tmp_path / f"program{len(extra)}"
+        done = runner.invoke(app, ["lower", "--model", str(folder), "--out", str(out), "--json", *extra])
+        assert done.exit_code == 0, done.output
+        info = json.loads(done.stdout)
+        assert info["fast_runner"] and info["ops"] > 0 and len(info["conv_layers_switched"]) == (2 if extra else 0)
+        assert torch.equal(Program.load(out)(images), expected)
+    bad = runner.invoke(app, ["lower", "--model", str(folder), "--mode", "int4"])
+    assert bad.exit_code == 2

@@ -376,6 +376,47 @@ def export(
     typer.echo(json.dumps(result) if as_json else f"wrote {path} ({result['bytes']:,} bytes)")
 
 
+@app.command("lower")
+def lower_command(
+    model: str = typer.Option(..., help="a folder written by `lowbit quantize` (a static integer recipe)"),
+    out: Path = typer.Option(Path("program"), help="the folder to write the engine program to"),
+    input_shape: str = typer.Option("1,1,28,28", help="example input shape, comma-separated"),
+    mode: str = typer.Option("float", help="requantization: float (ONNX Runtime's rule) or fixed_point (gemmlowp)"),
+    conv_algorithm: str = typer.Option(None, "--conv-algorithm", help="compute every conv layer it can run by "
+                                       "winograd_2x2_3x3, winograd_4x4_3x3, fft, direct or im2col (same integers)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+) -> None:
+    """Lower a saved quantized model to an integer-only engine program (bit-exact integer kernels) and save it.
+
+    Example: lowbit quantize --model zoo:resnet20 --out q && lowbit lower --model q --out q/program --json
+    """
+    import torch
+
+    from lowbit.engine import Requant, lower
+    from lowbit.serialize import load_quantized
+
+    try:
+        shape = tuple(int(d) for d in input_shape.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        _fail(f"--input-shape must be positive integers separated by commas, got {input_shape!r}")
+    if mode not in {m.value for m in Requant}:
+        _fail(f"--mode must be one of {', '.join(m.value for m in Requant)}, got {mode!r}")
+    try:
+        program = lower(load_quantized(model), torch.zeros(shape), mode=Requant(mode))
+        switched = program.set_conv_algorithm(conv_algorithm) if conv_algorithm else []
+        path = program.save(out)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    _, slow_reason = program.fast_runner
+    result = {"model": model, "path": str(path), "ops": len(program.ops), "mode": mode,
+              "fast_runner": slow_reason is None, "why_reference": slow_reason, "conv_algorithm": conv_algorithm,
+              "conv_layers_switched": switched}
+    typer.echo(json.dumps(result) if as_json else f"wrote {path}: {len(program.ops)} ops"
+               + ("" if slow_reason is None else f" (reference kernels: {slow_reason})"))
+
+
 @app.command()
 def bench(
     model: str = typer.Option(..., help="zoo:NAME or path/to/file.py:factory"),
