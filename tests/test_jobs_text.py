@@ -22,7 +22,9 @@ def test_static_w8a8_minilm_json_and_eval_round_trip(tmp_path):
     assert set(fp32) == {"cosine", "spearman", "bytes", "latency_ms", "backend"} and fp32["cosine"] == 1.0
     assert q["cosine"] >= 0.99 and abs(q["spearman"] - fp32["spearman"]) <= 0.01
     assert q["bytes"] == sum((out / f).stat().st_size for f in ("model.safetensors", "lowbit.json")) < fp32["bytes"]
-    assert (out / "result.json").is_file() and (out / "layers.json").is_file()  # for `lowbit report`
+    assert (out / "result.json").is_file()  # for `lowbit report`
+    rows = json.loads((out / "layers.json").read_text())["layers"]  # layer by layer: Sequential(quantizer, layer)
+    assert len(rows) >= 36 and all(r["weight_sqnr_db"] > 30 and r["output_sqnr_db"] is not None for r in rows)
     again = CliRunner().invoke(app, ["eval", "--model", str(out), "--json"])
     assert again.exit_code == 0, again.output
     reloaded = json.loads(again.stdout.strip().splitlines()[-1])

@@ -114,6 +114,20 @@ def _inputs(quantizers: dict[str, ActivationQuantizer], model: nn.Module, batche
     return out
 
 
+def _batched_sqnr(reference: list[torch.Tensor] | None, approximation: list[torch.Tensor] | None) -> float | None:
+    """``sqnr`` over all batches at once (batches may differ in shape, as sentences do), rounded; None when the
+    outputs cannot be paired."""
+    if not reference or not approximation or len(reference) != len(approximation):
+        return None
+    if any(a.shape != b.shape for a, b in zip(reference, approximation)):
+        return None
+    signal = sum(float(a.double().square().sum()) for a in reference)
+    noise = sum(float((a.double() - b.double()).square().sum()) for a, b in zip(reference, approximation))
+    if noise == 0.0:
+        return math.inf
+    return round(10.0 * math.log10(signal / noise), 2) if signal > 0 else -math.inf
+
+
 def layer_report(qmodel: nn.Module, float_model: nn.Module, batches) -> dict[str, Any]:
     """``{"layers": [row per quantized layer], "weight_observer": kind}`` for a model from ``lowbit.quantize``.
 
@@ -123,20 +137,31 @@ def layer_report(qmodel: nn.Module, float_model: nn.Module, batches) -> dict[str
     ``activation_histogram`` (:func:`histogram`, with the clip range).
     """
     recipe = getattr(qmodel, "lowbit_recipe", None)
-    folded = fold_bn(copy.deepcopy(float_model).eval())
+    try:
+        folded: nn.Module = fold_bn(copy.deepcopy(float_model).eval())
+    except Exception:  # noqa: BLE001 - an untraceable model (a transformer) has no BN to fold: compare as is
+        folded = copy.deepcopy(float_model).eval()
     float_modules = dict(folded.named_modules())
-    layers = {name: m for name, m in qmodel.named_modules() if isinstance(m, (QuantLinear, QuantConv))}
-    feeders = feeding_modules(qmodel) if isinstance(qmodel, fx.GraphModule) else {}
+    modules = dict(qmodel.named_modules())
+    layers = {name: m for name, m in modules.items() if isinstance(m, (QuantLinear, QuantConv))}
+    if isinstance(qmodel, fx.GraphModule):
+        feeders = feeding_modules(qmodel)
+        float_names = {name: name for name in layers}
+    else:  # quantized layer by layer: each layer became Sequential(ActivationQuantizer, QuantX) under its name
+        feeders = {name: modules.get(name[: -len(".1")] + ".0") for name in layers if name.endswith(".1")}
+        float_names = {name: name[: -len(".1")] if name.endswith(".1") and name not in float_modules else name
+                       for name in layers}
     quantizers = {n: q for n, q in feeders.items() if isinstance(q, ActivationQuantizer)}
     names = list(layers)
     quantized_out = _outputs(qmodel, names, batches)
-    float_out = _outputs(folded, names, batches)
+    float_by_name = _outputs(folded, list(float_names.values()), batches)
+    float_out = {name: float_by_name.get(float_names[name], []) for name in names}
     samples = _inputs(quantizers, qmodel, batches)
     rows = []
     for name, layer in layers.items():
         spec = layer.weight_spec
         dequantized = layer.dequantized_weight().detach()
-        reference = float_modules.get(name)
+        reference = float_modules.get(float_names[name])
         float_weight = reference.weight.detach() if reference is not None and hasattr(reference, "weight") else None
         weight_range = _grid_range(layer.weight_scale, layer.weight_zero_point, spec.qmin, spec.qmax)
         row: dict[str, Any] = {
@@ -147,9 +172,7 @@ def layer_report(qmodel: nn.Module, float_model: nn.Module, batches) -> dict[str
                                if float_weight is not None and float_weight.shape == dequantized.shape else None),
             **_observer_facts(quantizers.get(name)),
         }
-        q_out, f_out = quantized_out.get(name), float_out.get(name)
-        row["output_sqnr_db"] = (round(float(sqnr(torch.cat(f_out), torch.cat(q_out))), 2)
-                                 if q_out and f_out and q_out[0].shape == f_out[0].shape else None)
+        row["output_sqnr_db"] = _batched_sqnr(float_out.get(name), quantized_out.get(name))
         row["weight_histogram"] = histogram(float_weight if float_weight is not None else dequantized, weight_range)
         sample = samples.get(name)
         row["activation_histogram"] = (histogram(sample, tuple(row["clip_range"]) if row["clip_range"] else None)
