@@ -276,17 +276,21 @@ def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path 
 
 def write_result(folder: Path, result: dict[str, Any], qmodel: nn.Module, float_model: nn.Module,
                  batches: list[Any]) -> None:
-    """Save ``result.json`` and the per-layer facts ``layers.json`` beside the model, for ``lowbit report``.
+    """Save ``result.json`` and the per-layer facts ``layers.json`` (with the error-source breakdown of
+    :func:`lowbit.reports.error_sources.error_sources` on the first 4 batches) beside the model, for
+    ``lowbit report``.
 
     The per-layer facts need the observers' ranges, which only the model in memory holds. A model they cannot be
     gathered for (a warning says why) gets ``{"error": reason}`` instead.
     """
+    from lowbit.reports.error_sources import error_sources
     from lowbit.reports.layers import layer_report
 
     folder = Path(folder)
     (folder / "result.json").write_text(json.dumps(result, indent=1))
     try:
         layers = layer_report(qmodel, float_model, batches)
+        layers["error_sources"] = error_sources(qmodel, float_model, batches[:4])
     except Exception as error:  # noqa: BLE001 - the report is an extra; the quantized model is already saved
         warnings.warn(f"lowbit: no per-layer report for {result.get('model')}: {error!r}", stacklevel=2)
         layers = {"error": repr(error)}

@@ -51,7 +51,7 @@ def test_report_opens_in_chromium_with_every_section_and_draws_something(result_
     dom = _chromium(tmp_path, "--dump-dom", page)
     assert dom.returncode == 0, dom.stderr[-2000:]
     layers = json.loads((result_dir / "layers.json").read_text())["layers"]
-    for section in ('id="summary"', 'id="layers"', 'id="histograms"'):
+    for section in ('id="summary"', 'id="layers"', 'id="errors"', 'id="histograms"'):
         assert section in dom.stdout
     assert dom.stdout.count("<img") == len(layers) == 5  # LeNet-5: 2 convs, 3 linears
     assert dom.stdout.count("<tr>") >= 1 + 2 + 1 + len(layers)
@@ -133,3 +133,32 @@ def test_layer_report_failure_is_recorded_not_fatal(tmp_path):
     (tmp_path / "layers.json").write_text(json.dumps({"error": "RuntimeError('untraceable')"}))
     page = write_report(tmp_path)["html"].read_text()
     assert "untraceable" in page
+
+
+def test_error_sources_separate_clipping_from_rounding():
+    """A percentile observer cuts the activation range, a min/max one does not: only the first shows clipping
+    error; weight quantization alone costs less than all sources together; the models are unchanged after."""
+    import dataclasses
+    import warnings
+
+    import torch
+
+    import lowbit
+    from lowbit.recipes import load_recipe
+    from lowbit.reports.error_sources import SOURCES, error_sources
+    from lowbit.zoo.data import fashion_mnist
+
+    batches = list(fashion_mnist("train").tensors[0][:256].split(64))
+    clipping = {}
+    for observer in ("minmax", "percentile"):
+        spec = dataclasses.replace(load_recipe("w8a8"), activation_observer=observer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = lowbit.quantize(load("lenet5").model, spec, calibration=batches, progress=False)
+        before = q(batches[0])
+        rows = {r["source"]: r["sqnr_db"] for r in error_sources(q, load("lenet5").model, batches[:2])}
+        assert list(rows) == list(SOURCES)
+        assert rows["weight quantization"] > rows["all"] and rows["requantization"] > rows["all"]
+        assert torch.equal(q(batches[0]), before)  # hooks and weight swap are gone
+        clipping[observer] = rows["clipping"]
+    assert clipping["minmax"] > 60 > clipping["percentile"]

@@ -7,7 +7,7 @@
 - ``layers.json``: per-layer facts from :func:`lowbit.reports.layers.layer_report`.
 
 It writes ``report.json`` and ``report.html``. The HTML embeds its plots as base64 PNG and carries its own CSS:
-no script, no network, one file to mail around. Sections (element ids): ``summary``, ``layers``, ``histograms``,
+no script, no network, one file to mail around. Sections (element ids): ``summary``, ``layers``, ``errors`` (each source of error alone), ``histograms``,
 and, when the job ran them, ``mixed`` (bits chosen per layer) and ``compression`` (bytes per stage).
 
 Example:
@@ -51,6 +51,8 @@ def build_report(result: dict[str, Any], layers: dict[str, Any] | None) -> dict[
                "metric": metric, "sides": sides}
     report: dict[str, Any] = {"summary": summary, "layers": (layers or {}).get("layers", []),
                               "weight_observer": (layers or {}).get("weight_observer")}
+    if layers is not None and "error_sources" in layers:
+        report["error_sources"] = layers["error_sources"]
     if layers is not None and "error" in layers:
         report["layers_error"] = layers["error"]
     if "mixed" in result:
@@ -129,6 +131,12 @@ def render_html(report: dict[str, Any]) -> str:
     else:
         parts.append(f"<p class='note'>no per-layer data ({_cell(report.get('layers_error', 'layers.json missing'))})"
                      "</p>")
+    if report.get("error_sources"):
+        rows_e = report["error_sources"]
+        parts += ['<h2 id="errors">Error sources</h2>',
+                  _table(["source (alone)", "output SQNR dB"], [[r["source"], r["sqnr_db"]] for r in rows_e]),
+                  "<p class='note'>each source of error switched on alone, everything else float; the model output "
+                  "against the float model's. Lower SQNR: more error. ∞: that source costs nothing.</p>"]
     parts.append('<h2 id="histograms">Histograms</h2><p class="note">log counts; dashed red: the range the grid '
                  "covers (the observer's clip for activations)</p>")
     parts += [f"<div class='fig'><img alt='{html.escape(r['name'])}' src='data:image/png;base64,"
