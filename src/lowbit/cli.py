@@ -326,6 +326,17 @@ def evaluate(
     typer.echo(json.dumps(result) if as_json else "  ".join(f"{k}={v}" for k, v in result.items()))
 
 
+def _input_shape(text: str) -> tuple[int, ...]:
+    """``--input-shape`` parsed: positive integers separated by commas (exits 2 otherwise)."""
+    try:
+        shape = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        _fail(f"--input-shape must be positive integers separated by commas, got {text!r}")
+    return shape
+
+
 @app.command("report")
 def report(
     folder: Path = typer.Argument(..., help="a folder written by `lowbit quantize --out FOLDER`"),
@@ -361,12 +372,7 @@ def export(
     from lowbit.export import export_onnx
     from lowbit.serialize import load_quantized
 
-    try:
-        shape = tuple(int(d) for d in input_shape.split(","))
-    except ValueError:
-        shape = ()
-    if not shape or any(d < 1 for d in shape):
-        _fail(f"--input-shape must be positive integers separated by commas, got {input_shape!r}")
+    shape = _input_shape(input_shape)
     try:
         net = load_quantized(model)
         path = export_onnx(net, torch.zeros(shape), out)
@@ -395,12 +401,7 @@ def lower_command(
     from lowbit.engine import Requant, lower
     from lowbit.serialize import load_quantized
 
-    try:
-        shape = tuple(int(d) for d in input_shape.split(","))
-    except ValueError:
-        shape = ()
-    if not shape or any(d < 1 for d in shape):
-        _fail(f"--input-shape must be positive integers separated by commas, got {input_shape!r}")
+    shape = _input_shape(input_shape)
     if mode not in {m.value for m in Requant}:
         _fail(f"--mode must be one of {', '.join(m.value for m in Requant)}, got {mode!r}")
     try:

@@ -32,8 +32,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import copy
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,7 +41,7 @@ from torch import fx, nn
 from lowbit.analysis.evaluation import call
 from lowbit.nn import ActivationQuantizer
 from lowbit.nn.layers import QuantConv, QuantLinear
-from lowbit.transforms import fold_bn
+from lowbit.reports.layers import batched_sqnr, folded_float
 
 __all__ = ["SOURCES", "error_sources"]
 
@@ -125,21 +123,10 @@ def _outputs(model: nn.Module, batches) -> list[torch.Tensor]:
         return [call(model, batch).detach() for batch in batches]
 
 
-def _sqnr(reference: list[torch.Tensor], approximation: list[torch.Tensor]) -> float:
-    signal = sum(float(a.double().square().sum()) for a in reference)
-    noise = sum(float((a.double() - b.double()).square().sum()) for a, b in zip(reference, approximation))
-    if noise == 0.0:
-        return math.inf
-    return round(10.0 * math.log10(signal / noise), 2) if signal > 0 else -math.inf
-
-
 def error_sources(qmodel: nn.Module, float_model: nn.Module, batches) -> list[dict[str, Any]]:
     """``[{"source", "sqnr_db"}]`` for :data:`SOURCES`: the model output's SQNR against the float model's with
     that source of error alone (module docstring). The model outputs must be tensors (logits, embeddings)."""
-    try:
-        folded: nn.Module = fold_bn(copy.deepcopy(float_model).eval())
-    except Exception:  # noqa: BLE001 - an untraceable model has no BN to fold
-        folded = copy.deepcopy(float_model).eval()
+    folded = folded_float(float_model)
     float_modules = dict(folded.named_modules())
     float_weights = {}
     for name, layer in qmodel.named_modules():
@@ -155,6 +142,6 @@ def error_sources(qmodel: nn.Module, float_model: nn.Module, batches) -> list[di
     rows = []
     for source, (weights, input_mode, other_mode) in settings.items():
         with _switched(qmodel, float_weights, weights, input_mode, other_mode):
-            rows.append({"source": source, "sqnr_db": _sqnr(reference, _outputs(qmodel, batches))})
-    rows.append({"source": "all", "sqnr_db": _sqnr(reference, _outputs(qmodel, batches))})
+            rows.append({"source": source, "sqnr_db": batched_sqnr(reference, _outputs(qmodel, batches))})
+    rows.append({"source": "all", "sqnr_db": batched_sqnr(reference, _outputs(qmodel, batches))})
     return rows

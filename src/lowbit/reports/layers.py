@@ -36,7 +36,7 @@ from lowbit.nn import ActivationQuantizer
 from lowbit.nn.layers import QuantConv, QuantLinear
 from lowbit.transforms import fold_bn
 
-__all__ = ["layer_report", "histogram"]
+__all__ = ["layer_report", "histogram", "batched_sqnr", "folded_float"]
 
 BINS = 64
 _SAMPLES = 200_000  # activation values kept per layer for its histogram
@@ -77,12 +77,8 @@ def _observer_facts(quantizer: ActivationQuantizer | None) -> dict[str, Any]:
             "activation_bits": quantizer.spec.bits}
 
 
-def _outputs(model: nn.Module, names: list[str], batches) -> dict[str, list[torch.Tensor]]:
-    """The outputs of the named submodules over all batches (empty where a name is missing)."""
-    modules = dict(model.named_modules())
-    seen: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    handles = [modules[n].register_forward_hook(lambda m, a, out, n=n: seen[n].append(out.detach()))
-               for n in names if n in modules]
+def _run_hooked(model: nn.Module, batches, handles: list) -> None:
+    """Run every batch through ``model`` without gradients, then remove the hook ``handles`` (also on failure)."""
     try:
         with torch.no_grad():
             for batch in batches:
@@ -90,21 +86,23 @@ def _outputs(model: nn.Module, names: list[str], batches) -> dict[str, list[torc
     finally:
         for h in handles:
             h.remove()
+
+
+def _outputs(model: nn.Module, names: list[str], batches) -> dict[str, list[torch.Tensor]]:
+    """The outputs of the named submodules over all batches (empty where a name is missing)."""
+    modules = dict(model.named_modules())
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    _run_hooked(model, batches, [modules[n].register_forward_hook(lambda m, a, out, n=n: seen[n].append(out.detach()))
+                                 for n in names if n in modules])
     return seen
 
 
 def _inputs(quantizers: dict[str, ActivationQuantizer], model: nn.Module, batches) -> dict[str, torch.Tensor]:
     """A sample (at most ``_SAMPLES`` values) of what flows into each feeding quantizer, before quantization."""
     seen: dict[str, list[torch.Tensor]] = {name: [] for name in quantizers}
-    handles = [q.register_forward_pre_hook(lambda m, args, n=n: seen[n].append(args[0].detach().reshape(-1)))
-               for n, q in quantizers.items()]
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                call(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(model, batches, [q.register_forward_pre_hook(lambda m, args, n=n: seen[n].append(args[0].detach()
+                                                                                                .reshape(-1)))
+                                 for n, q in quantizers.items()])
     out = {}
     for name, parts in seen.items():
         if parts:
@@ -114,9 +112,9 @@ def _inputs(quantizers: dict[str, ActivationQuantizer], model: nn.Module, batche
     return out
 
 
-def _batched_sqnr(reference: list[torch.Tensor] | None, approximation: list[torch.Tensor] | None) -> float | None:
-    """``sqnr`` over all batches at once (batches may differ in shape, as sentences do), rounded; None when the
-    outputs cannot be paired."""
+def batched_sqnr(reference: list[torch.Tensor] | None, approximation: list[torch.Tensor] | None) -> float | None:
+    """``sqnr`` (docs/math.md eq. 16) over all batches at once — batches may differ in shape, as sentences do —
+    rounded to 0.01 dB; None when the outputs cannot be paired."""
     if not reference or not approximation or len(reference) != len(approximation):
         return None
     if any(a.shape != b.shape for a, b in zip(reference, approximation)):
@@ -128,6 +126,15 @@ def _batched_sqnr(reference: list[torch.Tensor] | None, approximation: list[torc
     return round(10.0 * math.log10(signal / noise), 2) if signal > 0 else -math.inf
 
 
+def folded_float(float_model: nn.Module) -> nn.Module:
+    """A BN-folded copy of ``float_model``, as quantization sees it; a plain copy when it cannot be traced (a
+    transformer has no BN to fold)."""
+    try:
+        return fold_bn(copy.deepcopy(float_model).eval())
+    except Exception:  # noqa: BLE001 - tracing failures come in many types
+        return copy.deepcopy(float_model).eval()
+
+
 def layer_report(qmodel: nn.Module, float_model: nn.Module, batches) -> dict[str, Any]:
     """``{"layers": [row per quantized layer], "weight_observer": kind}`` for a model from ``lowbit.quantize``.
 
@@ -137,10 +144,7 @@ def layer_report(qmodel: nn.Module, float_model: nn.Module, batches) -> dict[str
     ``activation_histogram`` (:func:`histogram`, with the clip range).
     """
     recipe = getattr(qmodel, "lowbit_recipe", None)
-    try:
-        folded: nn.Module = fold_bn(copy.deepcopy(float_model).eval())
-    except Exception:  # noqa: BLE001 - an untraceable model (a transformer) has no BN to fold: compare as is
-        folded = copy.deepcopy(float_model).eval()
+    folded = folded_float(float_model)
     float_modules = dict(folded.named_modules())
     modules = dict(qmodel.named_modules())
     layers = {name: m for name, m in modules.items() if isinstance(m, (QuantLinear, QuantConv))}
@@ -172,7 +176,7 @@ def layer_report(qmodel: nn.Module, float_model: nn.Module, batches) -> dict[str
                                if float_weight is not None and float_weight.shape == dequantized.shape else None),
             **_observer_facts(quantizers.get(name)),
         }
-        row["output_sqnr_db"] = _batched_sqnr(float_out.get(name), quantized_out.get(name))
+        row["output_sqnr_db"] = batched_sqnr(float_out.get(name), quantized_out.get(name))
         row["weight_histogram"] = histogram(float_weight if float_weight is not None else dequantized, weight_range)
         sample = samples.get(name)
         row["activation_histogram"] = (histogram(sample, tuple(row["clip_range"]) if row["clip_range"] else None)
