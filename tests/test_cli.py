@@ -295,6 +295,12 @@ def test_compress_json_shape_file_size_and_eval_of_the_decoded_file(tmp_path):
     evaluated = json.loads(again.stdout)
     assert evaluated["accuracy"] == data["compressed"]["accuracy"]
     assert evaluated["bytes"] == data["compressed"]["bytes"]
+    report = runner.invoke(app, ["report", str(out), "--json"])  # result.json was saved beside the .lbdc file
+    assert report.exit_code == 0, report.output
+    content = json.loads(report.stdout)
+    assert [r["stage"] for r in content["compression"]] == ["fp32", "pruned", "quantized", "huffman"]
+    assert "deep compression (90% sparse, 4-bit" in content["summary"]["recipe"]
+    assert 'id="compression"' in (out / "report.html").read_text()
 
 
 def test_compress_rejects_bad_options(tmp_path):

@@ -406,8 +406,10 @@ def run_compress(model: str, sparsity: float = 0.92, bits: int = 5, out: str | P
     total = result.table["total"]
     sizes = [{"stage": stage, "bytes": total[stage], "ratio": round(total["fp32"] / total[stage], 2)}
              for stage in ("fp32", "pruned", "quantized", "huffman")]
-    return {"model": model, "sparsity": sparsity, "bits": bits, "fp32": fp32, "compressed": compressed,
-            "stages": result.stages, "sizes": sizes, "table": result.table}
+    summary = {"model": model, "sparsity": sparsity, "bits": bits, "fp32": fp32, "compressed": compressed,
+               "stages": result.stages, "sizes": sizes, "table": result.table}
+    (path.parent / "result.json").write_text(json.dumps(summary, indent=1))  # for `lowbit report`
+    return summary
 
 
 def run_bench(model: str, recipe: str | Recipe = "w8a8", calib: int = 256, weights: str | Path | None = None,

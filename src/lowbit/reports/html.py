@@ -46,7 +46,10 @@ def build_report(result: dict[str, Any], layers: dict[str, Any] | None) -> dict[
     """The report's content as JSON-ready data: summary, per-layer rows (histograms kept), mixed, compression."""
     metric = "accuracy" if "accuracy" in result.get("fp32", {}) else "cosine"
     sides = {side: result[side] for side in ("fp32", "quantized", "compressed") if side in result}
-    summary = {"model": result.get("model"), "recipe": result.get("recipe"), "observer": result.get("observer"),
+    recipe = result.get("recipe")
+    if recipe is None and "sizes" in result:
+        recipe = f"deep compression ({result.get('sparsity', 0):.0%} sparse, {result.get('bits')}-bit shared weights)"
+    summary = {"model": result.get("model"), "recipe": recipe, "observer": result.get("observer"),
                "calibration": result.get("calibration"), "transforms": result.get("transforms", []),
                "metric": metric, "sides": sides}
     report: dict[str, Any] = {"summary": summary, "layers": (layers or {}).get("layers", []),
