@@ -162,3 +162,15 @@ def test_error_sources_separate_clipping_from_rounding():
         assert torch.equal(q(batches[0]), before)  # hooks and weight swap are gone
         clipping[observer] = rows["clipping"]
     assert clipping["minmax"] > 60 > clipping["percentile"]
+
+
+def test_mixed_precision_report_plots_the_sensitivity_it_chose_from(tmp_path):
+    """quantize with mixed precision: layers.json keeps the sensitivity table, and the report draws it beside the
+    chosen bits."""
+    folder = tmp_path / "mixed"
+    run_ptq("zoo:lenet5", "w8", calib=64, out=folder, eval_samples=200,
+            mixed={"measure": "sqnr", "bits": (4, 8), "budget_avg_bits": 6.0})
+    layers = json.loads((folder / "layers.json").read_text())
+    assert set(layers["sensitivity"]["loss"]) == set(json.loads((folder / "result.json").read_text())["mixed"]["bits"])
+    page = write_report(folder)["html"].read_text()
+    assert 'id="mixed"' in page and "id='sensitivity'" in page

@@ -54,6 +54,8 @@ def build_report(result: dict[str, Any], layers: dict[str, Any] | None) -> dict[
                "metric": metric, "sides": sides}
     report: dict[str, Any] = {"summary": summary, "layers": (layers or {}).get("layers", []),
                               "weight_observer": (layers or {}).get("weight_observer")}
+    if layers is not None and "sensitivity" in layers:
+        report["sensitivity"] = layers["sensitivity"]
     if layers is not None and "error_sources" in layers:
         report["error_sources"] = layers["error_sources"]
     if layers is not None and "error" in layers:
@@ -108,6 +110,34 @@ def _histogram_png(row: dict[str, Any]) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _sensitivity_png(table: dict[str, Any], chosen: dict[str, int]) -> str:
+    """Each layer's loss per candidate bit width (log scale), the chosen width circled: a base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss = table["loss"]
+    layers = list(loss)
+    widths = sorted({int(b) for per in loss.values() for b in per})
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers)), 3.2))
+    for bits in widths:
+        ax.plot(range(len(layers)), [loss[n].get(str(bits), loss[n].get(bits)) for n in layers], marker=".",
+                label=f"{bits} bits")
+    picked = [(i, loss[n].get(str(chosen[n]), loss[n].get(chosen[n]))) for i, n in enumerate(layers) if n in chosen]
+    if picked:
+        ax.scatter(*zip(*picked), s=80, facecolors="none", edgecolors="black", label="chosen")
+    ax.set_yscale("symlog", linthresh=1e-6)
+    ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=6)
+    ax.set_ylabel(f"loss ({table.get('measure')})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def render_html(report: dict[str, Any]) -> str:
     """The report as one HTML page (plots inlined)."""
     s = report["summary"]
@@ -148,6 +178,9 @@ def render_html(report: dict[str, Any]) -> str:
         bits = report["mixed"].get("bits", {})
         parts += ['<h2 id="mixed">Mixed precision</h2>',
                   _table(["layer", "weight bits"], [[name, b] for name, b in bits.items()])]
+        if report.get("sensitivity"):
+            parts.append(f"<div class='fig' id='sensitivity'><img alt='sensitivity' src='data:image/png;base64,"
+                         f"{_sensitivity_png(report['sensitivity'], bits)}'></div>")
     if "compression" in report:
         parts += ['<h2 id="compression">Compression stages</h2>',
                   _table(["stage", "bytes", "ratio"], [[r.get("stage"), r.get("bytes"), r.get("ratio")]
