@@ -95,15 +95,6 @@ def winograd_weight(w: torch.Tensor, m: int) -> torch.Tensor:
     return u.permute(2, 3, 0, 1).reshape(alpha * alpha, w.shape[0], w.shape[1])
 
 
-def _tiles(x: torch.Tensor, m: int, oh: int, ow: int) -> tuple[torch.Tensor, int, int]:
-    """``α×α`` input tiles at stride ``m`` covering an ``oh×ow`` output: ``(N, C, tiles_h, tiles_w, α, α)``."""
-    alpha = m + 2
-    th, tw = -(-oh // m), -(-ow // m)
-    # pad bottom/right so the last tiles are whole (their extra outputs are cropped)
-    x = F.pad(x, (0, tw * m + 2 - x.shape[3], 0, th * m + 2 - x.shape[2]))
-    return x.unfold(2, alpha, m).unfold(3, alpha, m), th, tw
-
-
 def _combine(pieces: list[torch.Tensor], coefficients: list[float], out: torch.Tensor | None = None,
              ) -> torch.Tensor:
     """``Σ c·piece`` over the non-zero coefficients, written into ``out`` if given: a row of a transform matrix

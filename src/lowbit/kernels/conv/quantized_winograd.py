@@ -28,8 +28,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from lowbit.kernels.conv.algorithms import _tiles
-from lowbit.kernels.conv.cook_toom import winograd_fractions
+from lowbit.kernels.conv.cook_toom import winograd_fractions, winograd_matrices
 
 __all__ = ["range_growth", "winograd_conv2d_codes", "winograd_conv2d_transformed_int8", "bits_for"]
 
@@ -55,6 +54,28 @@ def bits_for(value: float) -> int:
     return int(math.ceil(math.log2(value + 1))) + 1 if value > 0 else 1
 
 
+def _tiled_conv(x: torch.Tensor, m: int, padding: int, input_transform, u: torch.Tensor, a_t: torch.Tensor,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """F(m×m, 3×3) in float64 on gathered ``α×α`` tiles: ``(y before dividing, V, Σ_c U ⊙ V, tiles)``.
+
+    ``input_transform`` maps the tiles ``(N, C, th, tw, α, α)`` to ``V``; ``u`` is the transformed filters
+    ``(K, C, α, α)``. A readable reference (one small matrix product per tile), not the fast path of
+    :mod:`.algorithms`.
+    """
+    alpha = m + 2
+    x = x.to(torch.float64)
+    x = F.pad(x, (padding,) * 4) if padding else x
+    oh, ow = x.shape[2] - 2, x.shape[3] - 2
+    n, k = x.shape[0], u.shape[0]
+    th, tw = -(-oh // m), -(-ow // m)
+    # pad bottom/right so the last tiles are whole (their extra outputs are cropped)
+    x = F.pad(x, (0, tw * m + 2 - x.shape[3], 0, th * m + 2 - x.shape[2]))
+    v = input_transform(x.unfold(2, alpha, m).unfold(3, alpha, m))
+    product = torch.einsum("kcab,nchwab->knhwab", u, v)  # Σ_c U ⊙ V for every tile
+    y = (a_t @ product @ a_t.T).permute(1, 0, 2, 4, 3, 5).reshape(n, k, th * m, tw * m)[:, :, :oh, :ow]
+    return y, v, product, n * th * tw
+
+
 def winograd_conv2d_codes(x: torch.Tensor, w: torch.Tensor, m: int, padding: int = 0,
                           ) -> tuple[torch.Tensor, dict[str, int]]:
     """The exact integer convolution of centred codes ``x`` and ``w`` (float64 holding integers) by F(m×m, 3×3).
@@ -72,21 +93,13 @@ def winograd_conv2d_codes(x: torch.Tensor, w: torch.Tensor, m: int, padding: int
     if not all(bool(torch.isfinite(t).all()) and torch.equal(t, t.round()) for t in (x, w)):
         raise ValueError("winograd_conv2d_codes: x and w must hold integer codes")
     a_t, cg, b_t, c = _integer_matrices(m)
-    x, w = x.to(torch.float64), w.to(torch.float64)
-    x = F.pad(x, (padding,) * 4) if padding else x
-    oh, ow = x.shape[2] - 2, x.shape[3] - 2
-    n, channels, alpha, k = x.shape[0], x.shape[1], m + 2, w.shape[0]
-    tiles, th, tw = _tiles(x, m, oh, ow)
-    v = b_t @ tiles @ b_t.T
-    u = cg @ w @ cg.T  # c²·U, integer
-    product = torch.einsum("kcab,nchwab->knhwab", u, v)  # Σ_c over integers, exact in float64
-    y = (a_t @ product @ a_t.T) / (c * c)
-    y = y.permute(1, 0, 2, 4, 3, 5).reshape(n, k, th * m, tw * m)[:, :, :oh, :ow]
+    u = cg @ w.to(torch.float64) @ cg.T  # c²·U, integer
+    y, v, product, tiles = _tiled_conv(x, m, padding, lambda t: b_t @ t @ b_t.T, u, a_t)
     widths = {"input_transform_bits": bits_for(float(v.abs().max())),
               "weight_transform_bits": bits_for(float(u.abs().max())),
-              "product_sum_bits": bits_for(float(product.abs().max())), "tiles": n * th * tw, "alpha": alpha,
-              "channels": channels}
-    return y, widths
+              "product_sum_bits": bits_for(float(product.abs().max())), "tiles": tiles, "alpha": m + 2,
+              "channels": x.shape[1]}
+    return y / (c * c), widths
 
 
 def _symmetric_int8(t: torch.Tensor, dims: tuple[int, ...], bits: int) -> torch.Tensor:
@@ -104,16 +117,8 @@ def winograd_conv2d_transformed_int8(x: torch.Tensor, w: torch.Tensor, m: int, p
     ``V`` gets one scale per tile position ``(ξ, ν)``; ``U`` one per tile position and output channel. The sums
     and the output transform are float64, so the error measured is the transformed-domain rounding alone.
     """
-    _, g, _ = (torch.tensor([[float(v) for v in row] for row in mat], dtype=torch.float64)
-               for mat in winograd_fractions(m, 3))
-    a_t, _, b_t, _ = _integer_matrices(m)
-    x, w = x.to(torch.float64), w.to(torch.float64)
-    x = F.pad(x, (padding,) * 4) if padding else x
-    oh, ow = x.shape[2] - 2, x.shape[3] - 2
-    n, k = x.shape[0], w.shape[0]
-    tiles, th, tw = _tiles(x, m, oh, ow)
-    v = _symmetric_int8(b_t @ tiles @ b_t.T, (0, 1, 2, 3), bits)  # (N, C, th, tw, α, α): scale per (ξ, ν)
-    u = _symmetric_int8(g @ w @ g.T, (1,), bits)  # (K, C, α, α): scale per (k, ξ, ν)
-    product = torch.einsum("kcab,nchwab->knhwab", u, v)
-    y = a_t @ product @ a_t.T
-    return y.permute(1, 0, 2, 4, 3, 5).reshape(n, k, th * m, tw * m)[:, :, :oh, :ow]
+    a_t, g, b_t = winograd_matrices(m, 3)
+    u = _symmetric_int8(g @ w.to(torch.float64) @ g.T, (1,), bits)  # (K, C, α, α): scale per (k, ξ, ν)
+    # V: (N, C, th, tw, α, α), one scale per (ξ, ν)
+    y, _, _, _ = _tiled_conv(x, m, padding, lambda t: _symmetric_int8(b_t @ t @ b_t.T, (0, 1, 2, 3), bits), u, a_t)
+    return y
