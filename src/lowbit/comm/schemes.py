@@ -49,11 +49,6 @@ def _blocks(numel: int, block: int, segments: Sequence[int] | None) -> int:
     return G.layout(numel, block, segments).rows
 
 
-def _check_block(block: int) -> None:
-    if not isinstance(block, int) or isinstance(block, bool) or block < 1:
-        raise ValueError(f"block must be an int >= 1, got {block!r}")
-
-
 class Scheme:
     """One way of compressing a gradient. Subclasses set ``name`` and implement :meth:`encode`/:meth:`decode`.
 
@@ -91,7 +86,7 @@ class OneBit(Scheme):
     name = "onebit"
 
     def __post_init__(self) -> None:
-        _check_block(self.block)
+        G._check_block(self.block)
 
     def encode(self, x, generator, scalers, segments=None):
         signs, scales = G.onebit_encode(x, self.block, segments)
@@ -117,7 +112,7 @@ class QSGD(Scheme):
     variable_size = True
 
     def __post_init__(self) -> None:
-        _check_block(self.block)
+        G._check_block(self.block)
         G._check_levels(self.levels)
 
     def encode(self, x, generator, scalers, segments=None):
@@ -150,7 +145,7 @@ class TernGrad(Scheme):
     shares_scalers = True
 
     def __post_init__(self) -> None:
-        _check_block(self.block)
+        G._check_block(self.block)
         if self.clip is not None and (isinstance(self.clip, bool) or not isinstance(self.clip, (int, float))
                                       or not self.clip > 0):
             raise ValueError(f"terngrad: clip must be a number > 0 or None, got {self.clip!r}")
@@ -180,7 +175,7 @@ class DoReFa(Scheme):
     name = "dorefa"
 
     def __post_init__(self) -> None:
-        _check_block(self.block)
+        G._check_block(self.block)
         if self.bits not in (1, 2, 4, 8):
             raise ValueError(f"dorefa: bits must be 1, 2, 4 or 8 (whole fields per byte), got {self.bits!r}")
 

@@ -91,10 +91,14 @@ def _layout(x: torch.Tensor | int, block: int, segments: Sequence[int] | None, d
 
 def block_rows(x: torch.Tensor, block: int, segments: Sequence[int] | None = None) -> torch.Tensor:
     """``x`` flattened into a zero-padded ``(blocks, block)`` matrix, one block per row (see :func:`layout`)."""
-    lay = _layout(x, block, segments)
-    padded = x.new_zeros(lay.rows * block)
+    return _rows(x, _layout(x, block, segments))
+
+
+def _rows(x: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """:func:`block_rows` for a layout already computed (encoders need it twice: rows, then back to elements)."""
+    padded = x.new_zeros(lay.rows * lay.block)
     padded[lay.positions] = x.reshape(-1)
-    return padded.view(lay.rows, block)
+    return padded.view(lay.rows, lay.block)
 
 
 def _flat(rows: torch.Tensor, lay: Layout) -> torch.Tensor:
@@ -119,7 +123,7 @@ def onebit_encode(x: torch.Tensor, block: int, segments: Sequence[int] | None = 
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(signs, scales)``: uint8 1 where ``x ≥ 0`` else 0, and each block's mean ``|x|`` in float32 (G1)."""
     lay = _layout(x, block, segments)
-    rows = block_rows(x, block, segments).to(torch.float32)
+    rows = _rows(x, lay).to(torch.float32)
     scales = rows.abs().sum(dim=1) / lay.counts
     return (x.reshape(-1) >= 0).to(torch.uint8), scales
 
@@ -144,7 +148,7 @@ def qsgd_encode(x: torch.Tensor, levels: int, block: int, generator: torch.Gener
     """
     _check_levels(levels)
     lay = _layout(x, block, segments)
-    rows = block_rows(x, block, segments).to(torch.float32)
+    rows = _rows(x, lay).to(torch.float32)
     norms = rows.norm(dim=1)
     safe = torch.where(norms > 0, norms, torch.ones_like(norms))
     ratio = rows.abs() / safe[:, None] * levels
@@ -170,7 +174,7 @@ def clip_to_std(x: torch.Tensor, c: float, block: int, segments: Sequence[int] |
         [1.0, -1.0, 1.0, -1.0, 4.0]
     """
     lay = _layout(x, block, segments)
-    rows = block_rows(x, block, segments).to(torch.float32)
+    rows = _rows(x, lay).to(torch.float32)
     mean = rows.sum(dim=1) / lay.counts
     # padding zeros add mean² each to Σ(x − mean)²; take them back out
     spread = (rows - mean[:, None]).square().sum(dim=1) - (block - lay.counts) * mean.square()
@@ -190,7 +194,7 @@ def terngrad_encode(x: torch.Tensor, scalers: torch.Tensor, block: int,
         ValueError: a scaler below its block's ``max|x|``: the probability would exceed 1 and bias the code.
     """
     lay = _layout(x, block, segments)
-    rows = block_rows(x, block, segments).to(torch.float32)
+    rows = _rows(x, lay).to(torch.float32)
     peaks = rows.abs().amax(dim=1)
     if scalers.shape != peaks.shape or bool((scalers < peaks).any()):
         raise ValueError("terngrad_encode: scalers must give one value per block, each >= the block's max |x|")
@@ -210,7 +214,7 @@ def dorefa_encode(x: torch.Tensor, bits: int, block: int, generator: torch.Gener
                   segments: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(codes, peaks)``: DoReFa's k-bit gradient codes in ``0..2^k − 1`` (int32) and each block's ``max|x|``."""
     lay = _layout(x, block, segments)
-    codes, peaks = dorefa_gradient_codes(block_rows(x, block, segments).to(torch.float32), bits, generator)
+    codes, peaks = dorefa_gradient_codes(_rows(x, lay).to(torch.float32), bits, generator)
     return _flat(codes, lay), peaks.reshape(-1)
 
 
