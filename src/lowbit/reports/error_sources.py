@@ -41,7 +41,7 @@ from torch import fx, nn
 from lowbit.analysis.evaluation import call
 from lowbit.nn import ActivationQuantizer
 from lowbit.nn.layers import QuantConv, QuantLinear
-from lowbit.reports.layers import batched_sqnr, folded_float
+from lowbit.reports.layers import batched_sqnr, folded_float, grid_range, observed_range
 
 __all__ = ["SOURCES", "error_sources"]
 
@@ -60,28 +60,17 @@ def _input_quantizers(qmodel: nn.Module, quantizers: list[ActivationQuantizer]) 
     return {id(quantizers[0])} if quantizers else set()
 
 
-def _grid(q: ActivationQuantizer) -> tuple[float, float, float]:
-    """``(step, lo, hi)`` of a per-tensor activation grid."""
-    qp = q.qparams()
-    step, zp = float(qp.scale.reshape(-1)[0]), float(qp.zero_point.reshape(-1)[0])
-    return step, step * (q.spec.qmin - zp), step * (q.spec.qmax - zp)
-
-
-def _observed(q: ActivationQuantizer, lo: float, hi: float) -> tuple[float, float]:
-    observer = q.observer
-    if observer is not None and getattr(observer, "min_val", torch.empty(0)).numel():
-        return float(observer.min_val.min()), float(observer.max_val.max())
-    return lo, hi  # no statistics kept: treat the grid's range as what calibration saw
-
-
 def _behaviour(q: ActivationQuantizer, mode: str):
     """The output a quantizer gives in ``mode``: ``off``, ``full``, ``round``, ``clip`` or ``saturate``."""
     if mode == "full":
         return None
     if mode == "off" or q.scale.numel() != 1:
         return lambda x: x  # per-channel activation grids are left out of the split (rare)
-    step, lo, hi = _grid(q)
-    seen_lo, seen_hi = _observed(q, lo, hi)
+    qp = q.qparams()
+    step = float(qp.scale.reshape(-1)[0])
+    lo, hi = grid_range(qp.scale, qp.zero_point, q.spec.qmin, q.spec.qmax)
+    # no statistics kept: treat the grid's range as what calibration saw
+    seen_lo, seen_hi = observed_range(q) or (lo, hi)
 
     def apply(x: torch.Tensor) -> torch.Tensor:
         if mode == "round":

@@ -36,7 +36,7 @@ from lowbit.nn import ActivationQuantizer
 from lowbit.nn.layers import QuantConv, QuantLinear
 from lowbit.transforms import fold_bn
 
-__all__ = ["layer_report", "histogram", "batched_sqnr", "folded_float"]
+__all__ = ["layer_report", "histogram", "batched_sqnr", "folded_float", "grid_range", "observed_range"]
 
 BINS = 64
 _SAMPLES = 200_000  # activation values kept per layer for its histogram
@@ -56,24 +56,30 @@ def histogram(values: torch.Tensor, clip: tuple[float, float] | None, bins: int 
             "clip": None if clip is None else [float(clip[0]), float(clip[1])]}
 
 
-def _grid_range(scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> tuple[float, float]:
+def grid_range(scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> tuple[float, float]:
     """The real range a grid covers: ``scale·(qmin − z) … scale·(qmax − z)`` (widest over channels)."""
     lo = (scale.to(torch.float64) * (qmin - zero_point.to(torch.float64))).min()
     hi = (scale.to(torch.float64) * (qmax - zero_point.to(torch.float64))).max()
     return float(lo), float(hi)
 
 
+def observed_range(quantizer: ActivationQuantizer) -> tuple[float, float] | None:
+    """The widest range the quantizer's observer saw during calibration; None when it keeps no statistics."""
+    observer = quantizer.observer
+    if observer is not None and getattr(observer, "min_val", torch.empty(0)).numel():
+        return float(observer.min_val.min()), float(observer.max_val.max())
+    return None
+
+
 def _observer_facts(quantizer: ActivationQuantizer | None) -> dict[str, Any]:
     if quantizer is None or quantizer.bypass:
         return {"activation_observer": None, "observed_range": None, "clip_range": None, "activation_bits": None}
     observer = quantizer.observer
-    observed = None
-    if observer is not None and getattr(observer, "min_val", torch.empty(0)).numel():
-        observed = [float(observer.min_val.min()), float(observer.max_val.max())]
+    observed = observed_range(quantizer)
     qp = quantizer.qparams()
-    clip = _grid_range(qp.scale, qp.zero_point, quantizer.spec.qmin, quantizer.spec.qmax) if quantizer.frozen else None
+    clip = grid_range(qp.scale, qp.zero_point, quantizer.spec.qmin, quantizer.spec.qmax) if quantizer.frozen else None
     return {"activation_observer": type(observer).__name__ if observer is not None else "dynamic",
-            "observed_range": observed, "clip_range": list(clip) if clip else None,
+            "observed_range": list(observed) if observed else None, "clip_range": list(clip) if clip else None,
             "activation_bits": quantizer.spec.bits}
 
 
@@ -167,7 +173,7 @@ def layer_report(qmodel: nn.Module, float_model: nn.Module, batches) -> dict[str
         dequantized = layer.dequantized_weight().detach()
         reference = float_modules.get(float_names[name])
         float_weight = reference.weight.detach() if reference is not None and hasattr(reference, "weight") else None
-        weight_range = _grid_range(layer.weight_scale, layer.weight_zero_point, spec.qmin, spec.qmax)
+        weight_range = grid_range(layer.weight_scale, layer.weight_zero_point, spec.qmin, spec.qmax)
         row: dict[str, Any] = {
             "name": name, "kind": "conv" if isinstance(layer, QuantConv) else "linear",
             "shape": list(dequantized.shape), "weight_bits": spec.bits, "granularity": granularity_label(spec.granularity),
