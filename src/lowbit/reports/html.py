@@ -83,13 +83,27 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _histogram_png(row: dict[str, Any]) -> str:
-    """Weights and input activations of one layer, clip range marked: a base64 PNG."""
+def _pyplot():
+    """matplotlib's pyplot on the ``Agg`` backend (no display), imported when a plot is drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _png(fig) -> str:
+    """``fig`` as base64 PNG for an ``<img src="data:…">``; the figure is closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    _pyplot().close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _histogram_png(row: dict[str, Any]) -> str:
+    """Weights and input activations of one layer, clip range marked: a base64 PNG."""
+    plt = _pyplot()
     panels = [("weights (float)", row.get("weight_histogram")), ("input activations", row.get("activation_histogram"))]
     fig, axes = plt.subplots(1, 2, figsize=(8, 2.4))
     for ax, (title, hist) in zip(axes, panels):
@@ -104,19 +118,12 @@ def _histogram_png(row: dict[str, Any]) -> str:
             for x in hist["clip"]:
                 ax.axvline(x, color="#d62728", linestyle="--", linewidth=1)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return _png(fig)
 
 
 def _sensitivity_png(table: dict[str, Any], chosen: dict[str, int]) -> str:
     """Each layer's loss per candidate bit width (log scale), the chosen width circled: a base64 PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     loss = table["loss"]
     layers = list(loss)
     widths = sorted({int(b) for per in loss.values() for b in per})
@@ -132,10 +139,7 @@ def _sensitivity_png(table: dict[str, Any], chosen: dict[str, int]) -> str:
     ax.set_ylabel(f"loss ({table.get('measure')})")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return _png(fig)
 
 
 def render_html(report: dict[str, Any]) -> str:
