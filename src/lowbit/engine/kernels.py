@@ -110,7 +110,8 @@ def conv_accumulate(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, w_zero_
                            tuple(padding), algorithm, where)
         if bias is not None:
             acc = acc + bias.to(torch.float64).reshape(1, -1, 1, 1)
-        return check_int32(acc, where)
+        acc = check_int32(acc, where)
+        return acc.to(torch.float32) if exact else acc  # exact: the integers held as float32, as below
     if exact:  # float32 sums are exact here (see exact_in_float32): the fast path, same integers
         acc32 = conv(x.to(torch.float32) - x_zero_point, (w.to(torch.float32) - w_zero_point.reshape(shape)), None,
                      stride, padding, dilation, groups)

@@ -90,8 +90,6 @@ class Program:
                 acc = K.conv_accumulate(x, op["in_zero_point"], w, w_zp, bias, tuple(op["stride"]),
                                         tuple(op["padding"]), tuple(op["dilation"]), op["groups"], op["name"], exact,
                                         op.get("algorithm"))
-                if op.get("algorithm") and exact:
-                    acc = acc.to(torch.float32)  # the exact path's contract: the integers held as float32
             else:
                 acc = K.linear_accumulate(x, op["in_zero_point"], w, w_zp, bias, op["name"], exact)
             if exact and mode is Requant.FIXED_POINT:
