@@ -271,12 +271,14 @@ def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path 
     if chosen is not None:
         result["mixed"] = chosen.to_dict()
     write_result(folder, result, qmodel, float_model, batches,
-                 sensitivity=chosen.table.to_dict() if chosen is not None else None)
+                 sensitivity=chosen.table.to_dict() if chosen is not None else None,
+                 pareto=chosen.pareto() if chosen is not None else None)
     return result
 
 
 def write_result(folder: Path, result: dict[str, Any], qmodel: nn.Module, float_model: nn.Module,
-                 batches: list[Any], sensitivity: dict[str, Any] | None = None) -> None:
+                 batches: list[Any], sensitivity: dict[str, Any] | None = None,
+                 pareto: dict[str, Any] | None = None) -> None:
     """Save ``result.json`` and the per-layer facts ``layers.json`` (with the error-source breakdown of
     :func:`lowbit.reports.error_sources.error_sources` on the first 4 batches) beside the model, for
     ``lowbit report``.
@@ -294,6 +296,8 @@ def write_result(folder: Path, result: dict[str, Any], qmodel: nn.Module, float_
         layers["error_sources"] = error_sources(qmodel, float_model, batches[:4])
         if sensitivity is not None:  # the table mixed precision chose bits from
             layers["sensitivity"] = sensitivity
+        if pareto is not None:  # size against predicted loss: the frontier the choice sits on
+            layers["pareto"] = pareto
     except Exception as error:  # noqa: BLE001 - the report is an extra; the quantized model is already saved
         warnings.warn(f"lowbit: no per-layer report for {result.get('model')}: {error!r}", stacklevel=2)
         layers = {"error": repr(error)}

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.mixed.allocate import Allocation, allocate, pareto_frontier
+from lowbit.mixed.allocate import Allocation, allocate, budget_sweep, pareto_frontier
 
 WIDTHS = [1, 2, 3, 4, 6, 8, 16]
 
@@ -110,6 +110,26 @@ def test_frontier_is_the_brute_force_pareto_set(instance):
     cheapest = min(c for _, c, _ in points)
     assert pairs[0] == (cheapest, min(loss for _, c, loss in points if c == cheapest))
     assert pairs[-1][1] == min(loss for _, _, loss in points)
+
+
+@settings(max_examples=60, deadline=None)
+@given(instances(exact_losses), st.integers(2, 7))
+def test_budget_sweep_points_are_on_the_brute_force_frontier(instance, count):
+    sensitivity, cost = instance
+    sweep = budget_sweep(sensitivity, cost, count)
+    points = brute_force(sensitivity, cost)
+    pareto = brute_pareto(points)
+    pairs = [(a.cost, a.loss) for a in sweep]
+    assert 1 <= len(pairs) <= count and set(pairs) <= pareto
+    assert all(c1 < c2 and l1 > l2 for (c1, l1), (c2, l2) in zip(pairs, pairs[1:]))
+    assert pairs[0] == min(pareto) and pairs[-1][1] == min(loss for _, _, loss in points)  # both ends reached
+    for point in sweep:
+        check_consistent(point, sensitivity, cost)
+
+
+def test_budget_sweep_rejects_a_bad_count():
+    with pytest.raises(ValueError, match="count must be an int >= 2, got 1"):
+        budget_sweep({"a": {4: 1.0}}, {"a": {4: 4}}, count=1)
 
 
 @settings(max_examples=60, deadline=None)

@@ -172,5 +172,14 @@ def test_mixed_precision_report_plots_the_sensitivity_it_chose_from(tmp_path):
             mixed={"measure": "sqnr", "bits": (4, 8), "budget_avg_bits": 6.0})
     layers = json.loads((folder / "layers.json").read_text())
     assert set(layers["sensitivity"]["loss"]) == set(json.loads((folder / "result.json").read_text())["mixed"]["bits"])
+    mixed = json.loads((folder / "result.json").read_text())["mixed"]
+    pareto = layers["pareto"]
+    assert pareto["chosen"]["bytes"] == mixed["predicted_bytes"] and pareto["chosen"]["bits"] == mixed["bits"]
+    # every layer at 4 bits is the cheapest allocation and the sweep starts there; all at 8 loses the least
+    (four, eight) = pareto["uniform"]
+    assert pareto["sweep"][0]["cost"] == four["cost"] and pareto["sweep"][-1]["loss"] == eight["loss"]
+    # the chosen allocation is the best the sweep knows of within the same budget
+    within = [p["loss"] for p in pareto["sweep"] if p["cost"] <= pareto["cost_limit"]]
+    assert pareto["chosen"]["loss"] <= min(within)
     page = write_report(folder)["html"].read_text()
-    assert 'id="mixed"' in page and "id='sensitivity'" in page
+    assert 'id="mixed"' in page and "id='sensitivity'" in page and "id='pareto'" in page

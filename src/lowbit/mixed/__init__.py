@@ -15,13 +15,13 @@ Example:
     {'0': 2, '2': 4}
 """
 
-from lowbit.mixed.allocate import Allocation, allocate, pareto_frontier
+from lowbit.mixed.allocate import Allocation, allocate, budget_sweep, pareto_frontier
 from lowbit.mixed.budget import (bops_cost, fixed_bytes, layer_macs, mixed_recipe, model_bytes, size_budget,
                                  size_cost)
 from lowbit.mixed.hessian import hutchinson_traces
 from lowbit.mixed.search import MixedPrecision, average_bits, choose_bits
 from lowbit.mixed.sensitivity import MEASURES, SensitivityTable, Subject, prepare_subject, sensitivity
 
-__all__ = ["Allocation", "allocate", "pareto_frontier", "size_cost", "bops_cost", "layer_macs", "fixed_bytes",
+__all__ = ["Allocation", "allocate", "budget_sweep", "pareto_frontier", "size_cost", "bops_cost", "layer_macs", "fixed_bytes",
            "model_bytes", "size_budget", "mixed_recipe", "hutchinson_traces", "MixedPrecision", "choose_bits",
            "average_bits", "MEASURES", "SensitivityTable", "Subject", "prepare_subject", "sensitivity"]

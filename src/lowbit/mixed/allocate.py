@@ -61,7 +61,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Allocation", "allocate", "pareto_frontier"]
+__all__ = ["Allocation", "allocate", "pareto_frontier", "budget_sweep"]
 
 _INT64_MAX = 2**63 - 1
 
@@ -331,3 +331,40 @@ def allocate(
         cost=sum(int(c[j]) for c, j in zip(problem.costs, chosen)),
         loss=loss,
     )
+
+
+def budget_sweep(
+    sensitivity: Mapping[str, Mapping[int, float]], cost: Mapping[str, Mapping[int, int]], count: int = 32
+) -> list[Allocation]:
+    """Up to ``count`` points of the Pareto frontier: :func:`allocate` at budgets evenly spaced from the cheapest
+    allocation's cost to the dearest's, duplicates dropped. Each point is optimal for its budget; unlike
+    :func:`pareto_frontier` the work and memory stay bounded on models with many layers (for plots).
+
+    Args:
+        sensitivity, cost: as in :func:`allocate`.
+        count: budgets to try, >= 2.
+
+    Returns:
+        The distinct allocations by increasing cost (and so non-increasing loss).
+
+    Raises:
+        ValueError: ``count`` below 2, and the errors of :func:`allocate`.
+
+    Example:
+        >>> sensitivity = {"a": {4: 1.0, 8: 0.0}, "b": {4: 2.0, 8: 0.0}}
+        >>> cost = {"a": {4: 4, 8: 8}, "b": {4: 4, 8: 8}}
+        >>> [(f.cost, f.loss) for f in budget_sweep(sensitivity, cost, count=5)]
+        [(8, 3.0), (12, 1.0), (16, 0.0)]
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 2:
+        raise ValueError(f"budget_sweep: count must be an int >= 2, got {count!r}")
+    problem = _validate(sensitivity, cost)
+    low = sum(int(c.min()) for c in problem.costs)
+    high = sum(int(c.max()) for c in problem.costs)
+    budgets = sorted({low + (high - low) * i // (count - 1) for i in range(count)})
+    points: list[Allocation] = []
+    for budget in budgets:
+        point = allocate(sensitivity, cost, budget)
+        if not points or (point.cost, point.loss) != (points[-1].cost, points[-1].loss):
+            points.append(point)
+    return points

@@ -23,12 +23,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-from lowbit.mixed.allocate import Allocation, allocate, pareto_frontier
+from lowbit.mixed.allocate import Allocation, allocate, budget_sweep, pareto_frontier
 from lowbit.mixed.budget import bops_cost, mixed_recipe, model_bytes, size_budget
 from lowbit.mixed.sensitivity import SensitivityTable, Subject, _inputs, prepare_subject, sensitivity
 from lowbit.recipes import Recipe
@@ -49,6 +49,9 @@ class MixedPrecision:
         budget: ``{"kind": "bytes" | "avg_bits" | "bops", "value": …, "cost_limit": …}``.
         predicted_bytes: :func:`lowbit.mixed.budget.model_bytes` of the allocation.
         avg_bits: mean weight bits over the candidate layers, weighted by weight count.
+        cost: the allocator's costs, ``{layer: {bits: cost}}`` (code bytes, code bits or BOPs per sample, by
+            budget kind).
+        subject: the prepared model the table was measured on (for :func:`model_bytes` of other allocations).
     """
 
     recipe: Recipe
@@ -58,12 +61,31 @@ class MixedPrecision:
     budget: dict[str, Any]
     predicted_bytes: int
     avg_bits: float
+    cost: dict[str, dict[int, int]] = field(default_factory=dict)
+    subject: Subject | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"measure": self.table.measure, "budget": dict(self.budget), "bits": dict(self.allocation.bits),
                 "predicted_loss": self.allocation.loss, "cost": self.allocation.cost,
                 "predicted_bytes": self.predicted_bytes, "avg_bits": round(self.avg_bits, 4),
                 "sensitivity_seconds": round(self.table.seconds, 3), "frontier_points": len(self.frontier)}
+
+    def pareto(self, count: int = 32) -> dict[str, Any]:
+        """JSON-ready points for a size/loss plot: up to ``count`` frontier points (:func:`budget_sweep`), every
+        layer at one width (``uniform``, for comparison) and the ``chosen`` allocation, each with its ``cost``,
+        predicted ``loss`` and model ``bytes``; ``unit`` names the cost (the budget's kind)."""
+        def point(bits: dict[str, int], cost: int, loss: float) -> dict[str, Any]:
+            size = model_bytes(self.subject, bits) if self.subject is not None else None
+            return {"bits": dict(bits), "cost": int(cost), "loss": float(loss), "bytes": size}
+
+        loss = self.table.loss
+        widths = sorted(set.intersection(*(set(row) for row in self.cost.values())))
+        uniform = [point({n: b for n in self.cost}, sum(row[b] for row in self.cost.values()),
+                         sum(loss[n][b] for n in self.cost)) for b in widths]
+        sweep = [point(a.bits, a.cost, a.loss) for a in budget_sweep(loss, self.cost, count)]
+        return {"measure": self.table.measure, "unit": self.budget["kind"], "cost_limit": self.budget["cost_limit"],
+                "sweep": sweep, "uniform": uniform,
+                "chosen": point(self.allocation.bits, self.allocation.cost, self.allocation.loss)}
 
 
 def average_bits(subject: Subject, bits: dict[str, int]) -> float:
@@ -124,4 +146,4 @@ def choose_bits(model: nn.Module, measure: str = "sqnr", batches: Iterable[Any] 
     points = pareto_frontier(table.loss, cost) if frontier else []
     return MixedPrecision(mixed_recipe(subject.recipe, allocation.bits), allocation, table, points,
                           {"kind": kind, "value": value, "cost_limit": limit}, model_bytes(subject, allocation.bits),
-                          average_bits(subject, allocation.bits))
+                          average_bits(subject, allocation.bits), cost, subject)

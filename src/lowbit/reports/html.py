@@ -54,8 +54,9 @@ def build_report(result: dict[str, Any], layers: dict[str, Any] | None) -> dict[
                "metric": metric, "sides": sides}
     report: dict[str, Any] = {"summary": summary, "layers": (layers or {}).get("layers", []),
                               "weight_observer": (layers or {}).get("weight_observer")}
-    if layers is not None and "sensitivity" in layers:
-        report["sensitivity"] = layers["sensitivity"]
+    for key in ("sensitivity", "pareto"):
+        if layers is not None and key in layers:
+            report[key] = layers[key]
     if layers is not None and "error_sources" in layers:
         report["error_sources"] = layers["error_sources"]
     if layers is not None and "error" in layers:
@@ -142,6 +143,30 @@ def _sensitivity_png(table: dict[str, Any], chosen: dict[str, int]) -> str:
     return _png(fig)
 
 
+def _pareto_png(pareto: dict[str, Any]) -> str:
+    """Model bytes against predicted loss: the frontier of optimal allocations, every layer at one width, and
+    the chosen allocation: a base64 PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    sweep = pareto["sweep"]
+    ax.plot([p["bytes"] for p in sweep], [p["loss"] for p in sweep], marker=".", drawstyle="steps-post",
+            label="optimal under each budget")
+    for p in pareto["uniform"]:
+        width = sorted(set(p["bits"].values()))[0]
+        ax.scatter([p["bytes"]], [p["loss"]], marker="s", color="#999999")
+        ax.annotate(f"all {width}-bit", (p["bytes"], p["loss"]), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+    chosen = pareto["chosen"]
+    ax.scatter([chosen["bytes"]], [chosen["loss"]], s=90, facecolors="none", edgecolors="#d62728", linewidths=2,
+               label="chosen", zorder=3)
+    ax.set_yscale("symlog", linthresh=1e-6)
+    ax.set_xlabel("model bytes")
+    ax.set_ylabel(f"predicted loss ({pareto.get('measure')})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def render_html(report: dict[str, Any]) -> str:
     """The report as one HTML page (plots inlined)."""
     s = report["summary"]
@@ -185,6 +210,12 @@ def render_html(report: dict[str, Any]) -> str:
         if report.get("sensitivity"):
             parts.append(f"<div class='fig' id='sensitivity'><img alt='sensitivity' src='data:image/png;base64,"
                          f"{_sensitivity_png(report['sensitivity'], bits)}'></div>")
+        if report.get("pareto"):
+            parts.append(f"<div class='fig' id='pareto'><img alt='pareto' src='data:image/png;base64,"
+                         f"{_pareto_png(report['pareto'])}'></div><p class='note'>Pareto: each point of the line is "
+                         "the allocation with the least predicted loss for its size (the sum of the layers' "
+                         "sensitivities the allocator minimises, not a measured accuracy); grey squares put every "
+                         "layer at one width; the circle is the allocation this job chose and measured.</p>")
     if "compression" in report:
         parts += ['<h2 id="compression">Compression stages</h2>',
                   _table(["stage", "bytes", "ratio"], [[r.get("stage"), r.get("bytes"), r.get("ratio")]
