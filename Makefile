@@ -32,7 +32,7 @@ demo: $(STAMP) data
 
 # pytest exits 5 when it collected nothing: that is a failure, never a silent success.
 test: $(STAMP) data browser
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
