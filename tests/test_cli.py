@@ -16,7 +16,8 @@ runner = CliRunner()
 def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("demo", "quantize", "eval", "list", "weights", "export", "bench", "compress"):
+    for command in ("demo", "quantize", "eval", "list", "weights", "export", "bench", "compress", "lower", "qat",
+                    "sensitivity", "report"):
         assert command in result.output
 
 
