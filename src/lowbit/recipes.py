@@ -454,6 +454,7 @@ def preset(name: str) -> Recipe:
 
 _W8 = QuantSpec(bits=8, granularity=PerChannel(0), narrow_range=True)
 _A8 = QuantSpec(bits=8, signed=False, symmetric=False)
+# The named recipes (`lowbit list`), by name.
 PRESETS: dict[str, Recipe] = {
     "w8a8": Recipe("w8a8", Mode.STATIC, _W8, _A8),
     "w8a8-pertensor": Recipe("w8a8-pertensor", Mode.STATIC, QuantSpec(bits=8, narrow_range=True), _A8),

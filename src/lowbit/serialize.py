@@ -39,6 +39,7 @@ from lowbit.transforms.fold_bn import replace_module
 __all__ = ["save_quantized", "load_quantized", "folder_bytes", "build_from_source", "FORMAT", "COMPRESSED_FILE",
            "save_compressed", "load_compressed", "is_compressed", "compressed_file"]
 
+# The format tag saved in every quantized model's metadata.
 FORMAT = "lowbit-quantized/1"
 _WEIGHTS, _META = "model.safetensors", "lowbit.json"
 COMPRESSED_FILE = "model.lbdc"  # Deep Compression's file (lowbit.compress.container)

@@ -125,6 +125,7 @@ class PerGroup:
         _check_int("PerGroup.size", self.size, 1)
 
 
+# Any of the three granularities: the type of QuantSpec.granularity.
 Granularity = PerTensor | PerChannel | PerGroup
 
 

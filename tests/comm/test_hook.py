@@ -24,7 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 WORLD, STEPS, FEATURES, CLASSES, BATCH, SEED = 2, 3, 300, 5, 16, 7
 SETTINGS = [("fp32", {}), ("fp16", {}), ("bf16", {}), ("onebit", {"block": 128}),
-            ("onebit", {"block": 128, "error_feedback": False}), ("qsgd", {"levels": 16, "block": 256}),
+            ("onebit", {"block": 128, "error_feedback": False}), ("onebit", {"block": 128, "error_feedback": True}),
+            ("qsgd", {"levels": 16, "block": 256}),
             ("terngrad", {"block": 256}), ("dorefa", {"bits": 4, "block": 256})]
 
 
@@ -83,7 +84,8 @@ def ranks(tmp_path_factory) -> list[dict]:
 def _reference(name: str, options: dict) -> tuple[list[torch.Tensor], int, int]:
     """Per step, the averaged gradient computed in one process; and the bytes and bits each rank sends."""
     options = dict(options)
-    error_feedback = options.pop("error_feedback", name == "onebit")
+    # the feedback fraction β: 0.25 by default for onebit, True is 1, False 0 (register's docstring)
+    error_feedback = float(options.pop("error_feedback", 0.25 if name == "onebit" else 0.0))
     scheme = make_scheme(name, **options)
     models = [_model() for _ in range(WORLD)]
     optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in models]
@@ -115,7 +117,8 @@ def _reference(name: str, options: dict) -> tuple[list[torch.Tensor], int, int]:
                 bits += info
             if error_feedback:
                 order = _bucket_order(models[r], step)
-                residuals[r] = dict(zip(map(id, order), (e - value).split([p.numel() for p in order])))
+                kept = error_feedback * (e - value)
+                residuals[r] = dict(zip(map(id, order), kept.split([p.numel() for p in order])))
         sent += max(lengths) + (8 if scheme.variable_size else 0)
         total = torch.zeros_like(local[0])
         for value in decoded:
@@ -187,6 +190,8 @@ def test_register_refuses_a_plain_model_and_bad_options():
         comm.make_scheme("onebit", levels=4)
     with pytest.raises(ValueError, match="block"):
         comm.make_scheme("qsgd", block=0)
+    with pytest.raises(ValueError, match="error_feedback must be a bool or a fraction in \\[0, 1\\], got 1.5"):
+        comm.hook._feedback_fraction("onebit", 1.5)
 
 
 def test_fit_refuses_compression_without_ddp():

@@ -2,7 +2,8 @@
 
 :func:`register` installs the hook on a ``DistributedDataParallel`` model. For each gradient bucket, every rank:
 
-1. adds its error-feedback residual, if enabled (G6: ``e = g + r``; after encoding, ``r = e − decode(code(e))``);
+1. adds its error-feedback residual, if enabled (G6: ``e = g + r``; after encoding, ``r = β·(e − decode(code(e)))``,
+   ``β`` the feedback fraction: 1 carries the whole error, Seide's form; ``onebit`` defaults to the damped 0.25);
 2. for TernGrad, max-reduces the per-block scalers so that every rank encodes and decodes with the same ones;
 3. encodes the bucket into a uint8 payload (:mod:`lowbit.comm.schemes`) and all-gathers the payloads (lengths
    first when they vary, as QSGD's do);
@@ -46,7 +47,7 @@ class CompressionHandle:
 
     Attributes:
         scheme: the :class:`~lowbit.comm.schemes.Scheme` in use.
-        error_feedback: whether residuals are carried from step to step.
+        error_feedback: the fraction ``β`` of each step's compression error carried into the next (0: none).
         bytes_sent: bytes this rank handed to collectives (payloads, lengths, shared scalers).
         bytes_uncompressed: bytes a plain fp32 all-reduce would have handed (4 per gradient element).
         payload_bits: the bits of information in this rank's payloads: their bytes less the padding of each
@@ -54,7 +55,7 @@ class CompressionHandle:
         buckets: gradient buckets exchanged.
     """
 
-    def __init__(self, scheme: Scheme, error_feedback: bool, seed: int, group: dist.ProcessGroup | None) -> None:
+    def __init__(self, scheme: Scheme, error_feedback: float, seed: int, group: dist.ProcessGroup | None) -> None:
         self.scheme, self.error_feedback, self.seed, self.group = scheme, error_feedback, seed, group
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
         self.residuals: dict[int, torch.Tensor] = {}  # id(parameter) → its flat residual
@@ -88,7 +89,8 @@ class CompressionHandle:
             self.bytes_sent += scalers.numel() * scalers.element_size()
         payload, local, bits = self.scheme.encode(x, self._generator(x.device), scalers, segments)
         if self.error_feedback:
-            self._keep_residual(parameters, x - local)
+            residual = x - local
+            self._keep_residual(parameters, residual if self.error_feedback == 1 else self.error_feedback * residual)
         self.payload_bits += bits
         total = torch.zeros_like(x)
         for rank, received in enumerate(self._all_gather(payload)):
@@ -140,7 +142,22 @@ def _hook(handle, bucket):  # (CompressionHandle, dist.GradBucket) -> Future[Ten
     return future
 
 
-def register(ddp_model: DistributedDataParallel, scheme: str, *, seed: int = 0, error_feedback: bool | None = None,
+# onebit's default feedback fraction: damped (see register's docstring and docs/benchmarks.md)
+ONEBIT_FEEDBACK = 0.25
+
+
+def _feedback_fraction(scheme: str, error_feedback: bool | float | None) -> float:
+    if error_feedback is None:
+        return ONEBIT_FEEDBACK if scheme == "onebit" else 0.0
+    if isinstance(error_feedback, bool):
+        return float(error_feedback)
+    if not isinstance(error_feedback, (int, float)) or not 0 <= error_feedback <= 1:
+        raise ValueError(f"register: error_feedback must be a bool or a fraction in [0, 1], got {error_feedback!r}")
+    return float(error_feedback)
+
+
+def register(ddp_model: DistributedDataParallel, scheme: str, *, seed: int = 0,
+             error_feedback: bool | float | None = None,
              process_group: dist.ProcessGroup | None = None, **options: object) -> CompressionHandle:
     """Compress ``ddp_model``'s gradient exchange with ``scheme``; call before the first backward pass.
 
@@ -148,8 +165,12 @@ def register(ddp_model: DistributedDataParallel, scheme: str, *, seed: int = 0, 
         ddp_model: a ``torch.nn.parallel.DistributedDataParallel`` model.
         scheme: ``onebit``, ``qsgd``, ``terngrad``, ``dorefa``, ``fp16``, ``bf16`` or ``fp32``.
         seed: seeds each rank's random stream (with the rank), so a rerun draws the same codes.
-        error_feedback: carry each bucket's compression error into the next step (default: on for ``onebit``
-            only, whose sign code is biased; the stochastic schemes are unbiased without it).
+        error_feedback: the fraction ``β`` in [0, 1] of each step's compression error carried into the next step
+            (G6); ``True`` is 1 (the whole error, Seide et al.'s form), ``False`` is 0. Default: 0.25 for
+            ``onebit``, whose sign code is biased, and 0 for the others, which are unbiased without it. The
+            damped 0.25 is lowbit's choice, measured: with SGD momentum 0.9 on LeNet-5, β = 1 lost 8–10 points of
+            accuracy in 2 epochs and β = 0.25 lost under 1 (docs/benchmarks.md); without momentum β = 1 works
+            too.
         process_group: the group to average over (default: the model's).
         options: the scheme's own: ``block`` (elements per scale, default 512), ``levels`` (qsgd, default 16),
             ``bits`` (dorefa: 1, 2, 4 or 8, default 4).
@@ -165,9 +186,8 @@ def register(ddp_model: DistributedDataParallel, scheme: str, *, seed: int = 0, 
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"register: seed must be an int, got {seed!r}")
     compressor = make_scheme(scheme, **options)
-    if error_feedback is None:
-        error_feedback = scheme == "onebit"
+    feedback = _feedback_fraction(scheme, error_feedback)
     group = process_group if process_group is not None else getattr(ddp_model, "process_group", None)
-    handle = CompressionHandle(compressor, bool(error_feedback), seed, group)
+    handle = CompressionHandle(compressor, feedback, seed, group)
     ddp_model.register_comm_hook(handle, _hook)
     return handle

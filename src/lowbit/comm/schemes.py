@@ -216,6 +216,7 @@ class Cast(Scheme):
 
 _CASTS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
+# The schemes make_scheme knows, by name.
 SCHEMES = {
     "onebit": OneBit,
     "qsgd": QSGD,

@@ -47,6 +47,7 @@ from lowbit.compress.encoding import SECTIONS, EncodedLayer, codes_to_weight, de
 
 __all__ = ["MAGIC", "VERSION", "encode_model", "decode_model", "encoded_layers", "read_header"]
 
+# The container file's first bytes and its format version.
 MAGIC, VERSION = b"LBDC", 1
 _PREAMBLE = struct.Struct("<4sBI")
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.int64: "int64",

@@ -34,7 +34,9 @@ __all__ = [
     "multiply_by_quantized_multiplier",
 ]
 
+# The smallest int32: the bounds of the fixed-point arithmetic (gemmlowp's saturating ops).
 INT32_MIN = -(2**31)
+# The largest int32.
 INT32_MAX = 2**31 - 1
 
 IntLike = torch.Tensor | int

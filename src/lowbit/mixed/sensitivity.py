@@ -55,6 +55,7 @@ from lowbit.transforms import fold_bn
 
 __all__ = ["MEASURES", "Subject", "SensitivityTable", "prepare_subject", "sensitivity"]
 
+# The sensitivity measures sensitivity() accepts.
 MEASURES = ("sqnr", "kl", "hessian", "entropy")
 _REFERENCE_BITS = 16  # the entropy measure's fine grid
 
