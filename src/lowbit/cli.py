@@ -742,7 +742,7 @@ def _rows(results: list[dict[str, Any]]) -> list[tuple[str, ...]]:
 _COLUMNS = ("model", "method", "score", "Δ", "bytes", "× smaller", "latency ms", "backend")
 _NOTE = ("score: test accuracy; for text models ρ = Spearman with human similarities and cos = mean cosine to "
          "fp32 embeddings. Latency: median of one batch of 32; 'simulation' runs fake quantization in float and is "
-         "not a speed result (the integer engine and ONNX Runtime arrive with issue #4).")
+         "not a speed result (`lowbit export` and `lowbit lower` run the integers).")
 
 
 def _print_results(results: list[dict[str, Any]]) -> None:

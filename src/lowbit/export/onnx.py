@@ -147,13 +147,14 @@ def export_float_onnx(model: nn.Module, example_inputs: torch.Tensor | tuple, pa
 
 
 def export_onnx(qmodel: nn.Module, example_inputs: torch.Tensor | tuple, path: str | Path) -> Path:
-    """Write ``qmodel`` (from :func:`lowbit.quantize`, static or weight-only, 8-bit) as a QDQ ONNX model.
+    """Write ``qmodel`` (from :func:`lowbit.quantize`, static or weight-only, up to 8 bits) as a QDQ ONNX model.
 
-    Inputs are named ``input_0``, ``input_1``, …, outputs ``output_0``, …; the batch dimension is dynamic.
+    Inputs are named ``input_0``, ``input_1``, …, outputs ``output_0``, …; the batch dimension is dynamic. Codes
+    narrower than 8 bits travel in int8 (an activation grid gets a Clip to its narrower range).
 
     Raises:
-        ValueError: a layer or quantizer the QDQ format cannot carry here (sub-8-bit, per-group, dynamic),
-            named.
+        ValueError: a layer or quantizer the QDQ format cannot carry here (more than 8 bits, per-group,
+            per-channel activations, dynamic), named.
     """
     return _export(_export_twin(qmodel), example_inputs, Path(path))
 
