@@ -73,15 +73,22 @@ def measure(processes: list[int], epochs: int, seeds: list[int], only: list[str]
     """Train every setting (or those whose label contains one of ``only``) and tabulate; with ``only``, the other
     rows come from ``previous`` when it has the same epochs and seeds (runs are deterministic per seed)."""
     rows = []
+    def chosen(label: str) -> bool:
+        return not only or any(word in label for word in only)
+
     if only and previous is not None and (previous["epochs"], previous["seeds"]) == (epochs, seeds):
-        rows = [r for r in previous["rows"] if r["setting"] in SETTINGS and r["processes"] in processes
-                and not any(word in r["setting"] for word in only)]
-    elif only and not any(word in BASELINE for word in only):
-        raise SystemExit("--only without an earlier result of the same --epochs and --seeds must include the "
-                         f"baseline ({BASELINE!r})")
+        # keep every earlier row except those measured again now
+        rows = [r for r in previous["rows"] if r["setting"] in SETTINGS
+                and not (r["processes"] in processes and chosen(r["setting"]))]
+    # every process count needs its baseline, kept or measured: checked before any run, not after all of them
+    missing = [w for w in processes if not chosen(BASELINE)
+               and not any(r["processes"] == w and r["setting"] == BASELINE for r in rows)]
+    if missing:
+        raise SystemExit(f"no {BASELINE!r} row for {missing} processes: add it to --only, or keep an earlier "
+                         "result of the same --epochs and --seeds in --out")
     for world in processes:
         for label, (scheme, options) in SETTINGS.items():
-            if only and not any(word in label for word in only):
+            if not chosen(label):
                 continue
             runs = [run_one(scheme, options, world, epochs, seed) for seed in seeds]
             accuracy = [r["history"][-1]["accuracy"] for r in runs]

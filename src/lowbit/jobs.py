@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -272,19 +272,21 @@ def run_ptq(model: str, recipe: str | Recipe, calib: int = 512, out: str | Path 
         result["mixed"] = chosen.to_dict()
     write_result(folder, result, qmodel, float_model, batches,
                  sensitivity=chosen.table.to_dict() if chosen is not None else None,
-                 pareto=chosen.pareto() if chosen is not None else None)
+                 pareto=chosen.pareto if chosen is not None else None)
     return result
 
 
 def write_result(folder: Path, result: dict[str, Any], qmodel: nn.Module, float_model: nn.Module,
                  batches: list[Any], sensitivity: dict[str, Any] | None = None,
-                 pareto: dict[str, Any] | None = None) -> None:
+                 pareto: Callable[[], dict[str, Any] | None] | None = None) -> None:
     """Save ``result.json`` and the per-layer facts ``layers.json`` (with the error-source breakdown of
     :func:`lowbit.reports.error_sources.error_sources` on the first 4 batches) beside the model, for
     ``lowbit report``.
 
     The per-layer facts need the observers' ranges, which only the model in memory holds. A model they cannot be
-    gathered for (a warning says why) gets ``{"error": reason}`` instead.
+    gathered for (a warning says why) gets ``{"error": reason}`` instead. ``sensitivity``: the table mixed precision
+    chose from; ``pareto``: a callable returning its Pareto points (:meth:`lowbit.mixed.MixedPrecision.pareto`),
+    called inside the same guard, since the report is an extra and the model is already saved.
     """
     from lowbit.reports.error_sources import error_sources
     from lowbit.reports.layers import layer_report
@@ -296,8 +298,9 @@ def write_result(folder: Path, result: dict[str, Any], qmodel: nn.Module, float_
         layers["error_sources"] = error_sources(qmodel, float_model, batches[:4])
         if sensitivity is not None:  # the table mixed precision chose bits from
             layers["sensitivity"] = sensitivity
-        if pareto is not None:  # size against predicted loss: the frontier the choice sits on
-            layers["pareto"] = pareto
+        points = pareto() if pareto is not None else None  # cost against predicted loss: the choice's frontier
+        if points is not None:
+            layers["pareto"] = points
     except Exception as error:  # noqa: BLE001 - the report is an extra; the quantized model is already saved
         warnings.warn(f"lowbit: no per-layer report for {result.get('model')}: {error!r}", stacklevel=2)
         layers = {"error": repr(error)}

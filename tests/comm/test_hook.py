@@ -10,6 +10,7 @@ replicas stay identical; ``fp32`` must also equal the one-process full-batch gra
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -192,6 +193,12 @@ def test_register_refuses_a_plain_model_and_bad_options():
         comm.make_scheme("qsgd", block=0)
     with pytest.raises(ValueError, match="error_feedback must be a bool or a fraction in \\[0, 1\\], got 1.5"):
         comm.hook._feedback_fraction("onebit", 1.5)
+    with pytest.raises(ValueError, match="got nan"):
+        comm.hook._feedback_fraction("onebit", float("nan"))
+    # numpy scalars are numbers too; None is each scheme's default
+    assert comm.hook._feedback_fraction("onebit", np.float32(0.5)) == 0.5
+    assert comm.hook._feedback_fraction("onebit", np.True_) == 1.0
+    assert comm.hook._feedback_fraction("onebit", None) == 0.25 and comm.hook._feedback_fraction("qsgd", None) == 0
 
 
 def test_fit_refuses_compression_without_ddp():

@@ -1,6 +1,7 @@
-"""The shell commands of docs/tutorials run, and the tutorials' links lead somewhere.
+"""The shell commands of the docs run, and the tutorials' links lead somewhere.
 
-Every ``$ `` line inside a ```` ```console ```` block of ``docs/tutorials/*.md`` is run, in the order of the page,
+Every ``$ `` line inside a ```` ```console ```` block of ``docs/**/*.md`` (the generated ``docs/api`` aside) is
+run, in the order of the page,
 by ``bash`` in a fresh temporary folder per page. Commands that write files put them in a relative ``--out``
 folder, which then lands in that temporary folder; the repository folders a command reads (``examples/``) are
 linked into it. The virtual environment's ``bin`` comes first on ``PATH`` and ``HF_HUB_OFFLINE=1`` is set, as in
@@ -47,12 +48,28 @@ def console_commands(text: str) -> list[str]:
     return commands
 
 
+DOCS = ROOT / "docs"
+# shell fences that would show commands nobody runs: docs use ```console with `$ ` lines instead
+_UNRUN_SHELL = re.compile(r"^\s*```(sh|bash|shell|zsh)\s*$", re.MULTILINE)
+
+
 def _pages() -> list[Path]:
     return sorted(TUTORIALS.glob("*.md"))
 
 
+def _doc_pages() -> list[Path]:
+    """Every hand-written page under docs/ (the generated API reference holds no commands)."""
+    return sorted(p for p in DOCS.rglob("*.md") if "api" not in p.relative_to(DOCS).parts[:1])
+
+
 def _pages_with_commands() -> list[Path]:
-    return [page for page in _pages() if console_commands(page.read_text(encoding="utf-8"))]
+    return [page for page in _doc_pages() if console_commands(page.read_text(encoding="utf-8"))]
+
+
+def test_no_shell_blocks_outside_console_fences() -> None:
+    """A ```sh block is not run by the test below; every shell command in the docs must be in a console fence."""
+    found = [f"{p.relative_to(ROOT)}" for p in _doc_pages() if _UNRUN_SHELL.search(p.read_text(encoding="utf-8"))]
+    assert not found, f"shell blocks that CI would not run (use ```console and `$ ` lines): {found}"
 
 
 def _environment() -> dict[str, str]:
@@ -72,7 +89,7 @@ def test_tutorials_have_commands() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", _pages_with_commands(), ids=lambda p: p.name)
+@pytest.mark.parametrize("page", _pages_with_commands(), ids=lambda p: str(p.relative_to(DOCS)))
 def test_console_commands_run(page: Path, tmp_path: Path) -> None:
     for name in LINKED:
         (tmp_path / name).symlink_to(ROOT / name, target_is_directory=True)

@@ -291,3 +291,21 @@ def test_qat_prepare_with_a_choose_bits_recipe_on_a_bn_model():
     prepared = qat.prepare(model, result.recipe, "lsq", calibration=batches)
     assert prepared.quantization_summary.quantized == bits
     assert {n: prepared.get_submodule(n).weight_quantizer.spec.bits for n in bits} == bits
+
+
+def test_pareto_points_keep_the_widths_a_recipe_fixes():
+    """With first and last layers fixed at 8 bits by the recipe, "every layer at one width" still gives a point per
+    candidate width (the fixed layers keep 8), and a result without its costs gives no points instead of failing."""
+    import dataclasses
+
+    from lowbit.recipes import load_recipe
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4)).eval()
+    recipe = dataclasses.replace(load_recipe("w8"), first_last_bits=8)
+    result = choose_bits(model, "sqnr", [torch.randn(32, 16)], recipe=recipe, bits=(2, 4), budget_avg_bits=4.0)
+    points = result.pareto()
+    assert [p["width"] for p in points["uniform"]] == [2, 4, 8]
+    assert points["uniform"][0]["bits"] == {"0": 8, "2": 2, "4": 8}
+    assert all(p["bytes"] > 0 for p in points["sweep"] + points["uniform"])
+    assert dataclasses.replace(result, cost={}).pareto() is None

@@ -30,6 +30,9 @@ Example (one process, a world of one):
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -149,9 +152,9 @@ ONEBIT_FEEDBACK = 0.25
 def _feedback_fraction(scheme: str, error_feedback: bool | float | None) -> float:
     if error_feedback is None:
         return ONEBIT_FEEDBACK if scheme == "onebit" else 0.0
-    if isinstance(error_feedback, bool):
+    if isinstance(error_feedback, (bool, np.bool_)):
         return float(error_feedback)
-    if not isinstance(error_feedback, (int, float)) or not 0 <= error_feedback <= 1:
+    if not isinstance(error_feedback, numbers.Real) or not 0 <= error_feedback <= 1:
         raise ValueError(f"register: error_feedback must be a bool or a fraction in [0, 1], got {error_feedback!r}")
     return float(error_feedback)
 
@@ -168,9 +171,9 @@ def register(ddp_model: DistributedDataParallel, scheme: str, *, seed: int = 0,
         error_feedback: the fraction ``β`` in [0, 1] of each step's compression error carried into the next step
             (G6); ``True`` is 1 (the whole error, Seide et al.'s form), ``False`` is 0. Default: 0.25 for
             ``onebit``, whose sign code is biased, and 0 for the others, which are unbiased without it. The
-            damped 0.25 is lowbit's choice, measured: with SGD momentum 0.9 on LeNet-5, β = 1 lost 8–10 points of
-            accuracy in 2 epochs and β = 0.25 lost under 1 (docs/benchmarks.md); without momentum β = 1 works
-            too.
+            damped 0.25 is lowbit's choice, measured: with SGD momentum 0.9 on LeNet-5 for 2 epochs, β = 1 lost
+            7.6–9.9 points of accuracy and β = 0.25 lost 0.73 (2 processes) and 1.09 (4 processes) over four
+            seeds (docs/benchmarks.md). A one-process simulation without momentum did as well with β = 1.
         process_group: the group to average over (default: the model's).
         options: the scheme's own: ``block`` (elements per scale, default 512), ``levels`` (qsgd, default 16),
             ``bits`` (dorefa: 1, 2, 4 or 8, default 4).

@@ -70,18 +70,24 @@ class MixedPrecision:
                 "predicted_bytes": self.predicted_bytes, "avg_bits": round(self.avg_bits, 4),
                 "sensitivity_seconds": round(self.table.seconds, 3), "frontier_points": len(self.frontier)}
 
-    def pareto(self, count: int = 32) -> dict[str, Any]:
+    def pareto(self, count: int = 32) -> dict[str, Any] | None:
         """JSON-ready points for a size/loss plot: up to ``count`` frontier points (:func:`budget_sweep`), every
-        layer at one width (``uniform``, for comparison) and the ``chosen`` allocation, each with its ``cost``,
-        predicted ``loss`` and model ``bytes``; ``unit`` names the cost (the budget's kind)."""
-        def point(bits: dict[str, int], cost: int, loss: float) -> dict[str, Any]:
-            size = model_bytes(self.subject, bits) if self.subject is not None else None
-            return {"bits": dict(bits), "cost": int(cost), "loss": float(loss), "bytes": size}
+        layer at one width (``uniform``, for comparison; a layer whose recipe fixes its width keeps it) and the
+        ``chosen`` allocation, each with its ``cost``, predicted ``loss`` and model ``bytes``; ``unit`` names the
+        cost (the budget's kind). None when the costs or the subject were not kept."""
+        if not self.cost or self.subject is None:
+            return None
+
+        def point(bits: dict[str, int], cost: int, loss: float, **extra: Any) -> dict[str, Any]:
+            return {"bits": dict(bits), "cost": int(cost), "loss": float(loss),
+                    "bytes": model_bytes(self.subject, bits), **extra}
 
         loss = self.table.loss
-        widths = sorted(set.intersection(*(set(row) for row in self.cost.values())))
-        uniform = [point({n: b for n in self.cost}, sum(row[b] for row in self.cost.values()),
-                         sum(loss[n][b] for n in self.cost)) for b in widths]
+        uniform = []
+        for width in sorted({b for row in self.cost.values() for b in row}):
+            bits = {n: width if width in row else next(iter(row)) for n, row in self.cost.items()}
+            uniform.append(point(bits, sum(self.cost[n][b] for n, b in bits.items()),
+                                 sum(loss[n][b] for n, b in bits.items()), width=width))
         sweep = [point(a.bits, a.cost, a.loss) for a in budget_sweep(loss, self.cost, count)]
         return {"measure": self.table.measure, "unit": self.budget["kind"], "cost_limit": self.budget["cost_limit"],
                 "sweep": sweep, "uniform": uniform,

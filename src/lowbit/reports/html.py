@@ -144,23 +144,24 @@ def _sensitivity_png(table: dict[str, Any], chosen: dict[str, int]) -> str:
 
 
 def _pareto_png(pareto: dict[str, Any]) -> str:
-    """Model bytes against predicted loss: the frontier of optimal allocations, every layer at one width, and
-    the chosen allocation: a base64 PNG."""
+    """The budget's cost (model bytes, or BOPs for a BOPs budget) against predicted loss: the frontier of optimal
+    allocations, every layer at one width, and the chosen allocation: a base64 PNG."""
     plt = _pyplot()
+    # the sweep is optimal in the budget's own cost; drawn against bytes, a BOPs frontier would zigzag
+    x, label = ("cost", "BOPs per sample") if pareto.get("unit") == "bops" else ("bytes", "model bytes")
     fig, ax = plt.subplots(figsize=(6, 3.4))
     sweep = pareto["sweep"]
-    ax.plot([p["bytes"] for p in sweep], [p["loss"] for p in sweep], marker=".", drawstyle="steps-post",
+    ax.plot([p[x] for p in sweep], [p["loss"] for p in sweep], marker=".", drawstyle="steps-post",
             label="optimal under each budget")
     for p in pareto["uniform"]:
-        width = sorted(set(p["bits"].values()))[0]
-        ax.scatter([p["bytes"]], [p["loss"]], marker="s", color="#999999")
-        ax.annotate(f"all {width}-bit", (p["bytes"], p["loss"]), fontsize=7, xytext=(4, 4),
+        ax.scatter([p[x]], [p["loss"]], marker="s", color="#999999")
+        ax.annotate(f"all {p.get('width')}-bit", (p[x], p["loss"]), fontsize=7, xytext=(4, 4),
                     textcoords="offset points")
     chosen = pareto["chosen"]
-    ax.scatter([chosen["bytes"]], [chosen["loss"]], s=90, facecolors="none", edgecolors="#d62728", linewidths=2,
+    ax.scatter([chosen[x]], [chosen["loss"]], s=90, facecolors="none", edgecolors="#d62728", linewidths=2,
                label="chosen", zorder=3)
     ax.set_yscale("symlog", linthresh=1e-6)
-    ax.set_xlabel("model bytes")
+    ax.set_xlabel(label)
     ax.set_ylabel(f"predicted loss ({pareto.get('measure')})")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -213,9 +214,9 @@ def render_html(report: dict[str, Any]) -> str:
         if report.get("pareto"):
             parts.append(f"<div class='fig' id='pareto'><img alt='pareto' src='data:image/png;base64,"
                          f"{_pareto_png(report['pareto'])}'></div><p class='note'>Pareto: each point of the line is "
-                         "the allocation with the least predicted loss for its size (the sum of the layers' "
+                         "the allocation with the least predicted loss for its budget (the sum of the layers' "
                          "sensitivities the allocator minimises, not a measured accuracy); grey squares put every "
-                         "layer at one width; the circle is the allocation this job chose and measured.</p>")
+                         "layer at one width (where the recipe lets it); the circle is the allocation this job chose and measured.</p>")
     if "compression" in report:
         parts += ['<h2 id="compression">Compression stages</h2>',
                   _table(["stage", "bytes", "ratio"], [[r.get("stage"), r.get("bytes"), r.get("ratio")]
