@@ -267,7 +267,7 @@ def test_bench_shows_a_spinner_on_a_terminal(fakes, monkeypatch, tmp_path):
     import io
 
     screen = io.StringIO()
-    monkeypatch.setattr(cli, "err", Console(file=screen, force_terminal=True))
+    monkeypatch.setattr(cli._support, "err", Console(file=screen, force_terminal=True))
     result = runner.invoke(app, [*_invocations(tmp_path)["bench"], "--json"])
     assert result.exit_code == 0, result.output
     assert "timing zoo:lenet5" in screen.getvalue()

@@ -22,207 +22,30 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import statistics
 import sys
-import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
-from typer.exceptions import TyperException
 
-app = typer.Typer(no_args_is_help=True)
-err = Console(stderr=True)
-
-T = TypeVar("T")
-
-# One help text per option that several commands take: the same option reads the same everywhere.
-_MODEL_HELP = "zoo:NAME or path/to/file.py:factory"
-_WEIGHTS_HELP = "weights for a file model (.safetensors, or .pt loaded weights_only)"
-_CALIB_HELP = "calibration samples (Fashion-MNIST train, seeded subset)"
-_SEED_HELP = "seed for data order and initialisation"
-_JSON_HELP = "print one JSON object on stdout (progress and messages go to stderr)"
-_JSON_ARRAY_HELP = "print one JSON array on stdout (progress and messages go to stderr)"
-
-
-@app.callback()
-def _main() -> None:
-    """lowbit: quantize and compress PyTorch models, and show what it cost.
-
-    \b
-    Every command:
-      --json   one JSON document on stdout; progress and messages on stderr
-      exit 0   done
-      exit 2   bad input: the option and the value named on stderr
-      exit 1   a failure while running: the error on stderr
-               (LOWBIT_DEBUG=1 shows the traceback)
-      --help   ends with examples
-
-    \b
-    Examples:
-      lowbit list
-      lowbit quantize --model zoo:resnet20 --recipe w8a8 --out r20 --json
-      lowbit report r20
-    """
-
-
-# --- exits: 2 for bad input, 1 for a failure, never a traceback ------------------------------------------------
-
-
-def _fail(message: str) -> NoReturn:
-    """Bad input: one line on stderr (naming the option and the value), exit status 2."""
-    err.print(Text.assemble(("lowbit: ", "red"), " ".join(str(message).split())), soft_wrap=True, highlight=False)
-    raise typer.Exit(2)
-
-
-def _crash(error: Exception) -> NoReturn:
-    """A failure while running that is not bad input: the error on stderr, exit status 1 (``LOWBIT_DEBUG=1``
-    re-raises it, for the traceback)."""
-    if os.environ.get("LOWBIT_DEBUG"):
-        raise error
-    err.print(Text.assemble(("lowbit: failed: ", "red"), f"{type(error).__name__}: {error}",
-                            (" (LOWBIT_DEBUG=1 shows the traceback)", "dim")), soft_wrap=True, highlight=False)
-    raise typer.Exit(1)
-
-
-def _is_bad_input(error: Exception) -> bool:
-    """The library's bad-input errors: ValueError and FileNotFoundError (data sets not installed among them), and
-    the missing ``nlp`` extra, which ``zoo:minilm`` and ``weights`` need."""
-    if isinstance(error, (ValueError, FileNotFoundError)):
-        return True
-    minilm = sys.modules.get("lowbit.zoo.minilm")  # loaded whenever its error can have been raised
-    return minilm is not None and isinstance(error, minilm.MiniLMNotInstalled)
-
-
-@contextlib.contextmanager
-def _status(message: str | None) -> Iterator[None]:
-    """A spinner on stderr (on a terminal only) for work that has no progress bar of its own."""
-    if message is None or not err.is_terminal:
-        yield
-        return
-    with err.status(message):
-        yield
-
-
-def _run_job(job: Callable[[], T], *, option: tuple[str, object] | None = None, warn: bool = True,
-             status: str | None = None) -> T:
-    """Run library work the CLI way.
-
-    Bad input (see :func:`_is_bad_input`) exits 2 with its message, after ``option``'s name and value when
-    given; any other exception exits 1 with its message (:func:`_crash`); exits the CLI asked for pass through.
-    Warnings go to stderr (or nowhere without ``warn``); ``status`` shows a spinner while the job runs, for work
-    without progress bars of its own (never around a job that draws bars: the two would fight over the terminal).
-    """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always" if warn else "ignore")
-        try:
-            with _status(status):
-                result = job()
-        except (typer.Exit, typer.Abort, TyperException):
-            raise
-        except Exception as error:  # noqa: BLE001 - every failure becomes an exit status and a message
-            _print_warnings(caught)
-            if _is_bad_input(error):
-                _fail(f"{option[0]} {str(option[1])!r}: {error}" if option else str(error))
-            _crash(error)
-    _print_warnings(caught)
-    return result
-
-
-def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
-    for w in caught:
-        err.print(f"warning: {w.message}", highlight=False, markup=False, soft_wrap=True)
-
-
-# --- option checks: bad input exits 2 before any work starts --------------------------------------------------
-
-
-def _check_source(model: str) -> None:
-    """``--model`` naming a model to load (``zoo:NAME`` or ``path/to/file.py:factory``): an unknown zoo name, another
-    form or a missing file exits 2."""
-    from lowbit.zoo.models import BINARY_BUILDERS, MODEL_NAMES
-    from lowbit.zoo.registry import TEXT_MODELS
-
-    if model.startswith("zoo:"):
-        known = MODEL_NAMES + TEXT_MODELS + tuple(BINARY_BUILDERS)
-        if model[4:] not in known:
-            _fail(f"--model {model!r}: unknown zoo model {model[4:]!r}; known: {', '.join(known)}")
-        return
-    path, sep, factory = model.rpartition(":")
-    if not sep or not path.endswith(".py") or not factory:
-        _fail(f"--model {model!r}: use zoo:NAME or path/to/file.py:factory")
-    if not Path(path).is_file():
-        _fail(f"--model {model!r}: model source file {path} does not exist")
-
-
-def _check_file(option: str, path: Path | None) -> None:
-    if path is not None and not path.is_file():
-        _fail(f"{option} '{path}': no such file")
-
-
-def _check_recipe(recipe: str) -> Any:
-    """The :class:`lowbit.recipes.Recipe` that ``--recipe`` names; one that does not load exits 2."""
-    from lowbit.recipes import load_recipe
-
-    try:
-        return load_recipe(recipe)
-    except Exception as error:  # noqa: BLE001 - a recipe file that does not parse is bad input, whatever the parser raises
-        _fail(f"--recipe {recipe!r}: {error}")
-
-
-def _bit_list(text: str, option: str = "--bits", example: str = "2,3,4,6,8", low: int = 2) -> tuple[int, ...]:
-    """Comma-separated bit widths in ``low``..16 (exits 2 otherwise)."""
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        _fail(f"{option} must be comma-separated integers like {example}, got {text!r}")
-    if not values or any(not low <= b <= 16 for b in values):
-        _fail(f"{option} must list bit widths in {low}..16, got {text!r}")
-    return values
-
-
-def _positive_list(text: str, option: str, example: str) -> tuple[int, ...]:
-    """Comma-separated positive integers (exits 2 otherwise)."""
-    try:
-        values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        _fail(f"{option} must be comma-separated integers like {example}, got {text!r}")
-    if any(v < 1 for v in values):
-        _fail(f"{option} must be positive, got {text!r}")
-    return values
-
-
-def _input_shape(text: str) -> tuple[int, ...]:
-    """``--input-shape`` parsed: positive integers separated by commas (exits 2 otherwise)."""
-    try:
-        shape = tuple(int(d) for d in text.split(","))
-    except ValueError:
-        shape = ()
-    if not shape or any(d < 1 for d in shape):
-        _fail(f"--input-shape must be positive integers separated by commas, got {text!r}")
-    return shape
-
-
-def _check_runs(model: Any, shape: tuple[int, ...], text: str) -> None:
-    """Exit 2 naming ``--input-shape`` when ``model`` cannot run on an input of that shape (the shape is the bad
-    input); return when it can (a later failure is then a genuine one)."""
-    import torch
-
-    try:
-        with torch.no_grad():
-            model(torch.zeros(shape))
-    except Exception as error:  # noqa: BLE001 - whatever the model raises on the wrong shape
-        _fail(f"--input-shape {text!r}: the model cannot run on an input of shape {shape}: {error}")
-
+from lowbit.cli._support import (
+    _bit_list,
+    _check_file,
+    _check_recipe,
+    _check_source,
+    _fail,
+    _run_job,
+    err,
+)
+from lowbit.cli._tables import _markdown, _print_results
+from lowbit.cli._app import _CALIB_HELP, _JSON_ARRAY_HELP, _JSON_HELP, _MODEL_HELP, _SEED_HELP, _WEIGHTS_HELP, app
 
 # --- commands -----------------------------------------------------------------------------------------------
 
@@ -579,183 +402,6 @@ def report(
     typer.echo(f"wrote {paths['html']} and {paths['json']}")
 
 
-@app.command("export")
-def export(
-    model: str = typer.Option(..., help="a folder written by `lowbit quantize` (static or weight-only, 8-bit)"),
-    out: Path = typer.Option(Path("model.onnx"), help="the ONNX file to write"),
-    input_shape: str = typer.Option("1,1,28,28", help="example input shape, comma-separated (batch stays dynamic)"),
-    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
-) -> None:
-    """Export a saved quantized model to ONNX (QDQ), which ONNX Runtime runs with integer kernels.
-
-    \b
-    Examples:
-      lowbit quantize --model zoo:lenet5 --out q
-      lowbit export --model q --out q.onnx --json
-      lowbit export --model q --out q.onnx --input-shape 1,1,28,28
-    """
-    from lowbit.export import export_onnx
-    from lowbit.serialize import load_quantized
-
-    shape = _input_shape(input_shape)
-    net = _run_job(lambda: load_quantized(model), option=("--model", model))
-
-    def job() -> Path:
-        import torch
-
-        try:
-            return export_onnx(net, torch.zeros(shape), out)
-        except Exception as error:
-            if not _is_bad_input(error):
-                _check_runs(net, shape, input_shape)  # exits 2 when the shape was the problem
-            raise
-
-    path = _run_job(job, option=("--model", model), status=f"exporting {model}")
-    result = {"model": model, "path": str(path), "bytes": path.stat().st_size}
-    typer.echo(json.dumps(result) if as_json else f"wrote {path} ({result['bytes']:,} bytes)")
-
-
-@app.command("lower")
-def lower_command(
-    model: str = typer.Option(..., help="a folder written by `lowbit quantize` (a static integer recipe)"),
-    out: Path = typer.Option(Path("program"), help="the folder to write the engine program to"),
-    input_shape: str = typer.Option("1,1,28,28", help="example input shape, comma-separated"),
-    mode: str = typer.Option("float", help="requantization: float (ONNX Runtime's rule) or fixed_point (gemmlowp)"),
-    conv_algorithm: str = typer.Option(None, "--conv-algorithm", help="compute every conv layer it can run by "
-                                       "winograd_2x2_3x3, winograd_4x4_3x3, fft, direct or im2col (same integers)"),
-    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
-) -> None:
-    """Lower a saved quantized model to an integer-only engine program (bit-exact integer kernels) and save it.
-
-    \b
-    Examples:
-      lowbit quantize --model zoo:resnet20 --out q
-      lowbit lower --model q --out q/program --json
-      lowbit lower --model q --out q/program --mode fixed_point \\
-          --conv-algorithm winograd_2x2_3x3
-    """
-    from lowbit.engine import Requant, lower
-    from lowbit.kernels.conv import Algorithm
-    from lowbit.serialize import load_quantized
-
-    shape = _input_shape(input_shape)
-    if mode not in {m.value for m in Requant}:
-        _fail(f"--mode must be one of {', '.join(m.value for m in Requant)}, got {mode!r}")
-    algorithms = ["default", *(a.value for a in Algorithm)]
-    if conv_algorithm is not None and conv_algorithm not in algorithms:
-        _fail(f"--conv-algorithm {conv_algorithm!r} is not one of {', '.join(algorithms)}")
-    net = _run_job(lambda: load_quantized(model), option=("--model", model))
-
-    def job() -> dict[str, Any]:
-        import torch
-
-        _check_runs(net, shape, input_shape)  # first: lowering on a wrong shape fails deep in torch.fx, noisily
-        program = lower(net, torch.zeros(shape), mode=Requant(mode))
-        switched = program.set_conv_algorithm(conv_algorithm) if conv_algorithm else []
-        path = program.save(out)
-        _, slow_reason = program.fast_runner
-        return {"model": model, "path": str(path), "ops": len(program.ops), "mode": mode,
-                "fast_runner": slow_reason is None, "why_reference": slow_reason, "conv_algorithm": conv_algorithm,
-                "conv_layers_switched": switched}
-
-    result = _run_job(job, option=("--model", model), status=f"lowering {model}")
-    typer.echo(json.dumps(result) if as_json else f"wrote {result['path']}: {result['ops']} ops"
-               + ("" if result["fast_runner"] else f" (reference kernels: {result['why_reference']})"))
-
-
-@app.command()
-def bench(
-    model: str = typer.Option(..., help=_MODEL_HELP),
-    recipe: str = typer.Option("w8a8", help="a static or weight-only 8-bit preset, or a recipe file"),
-    weights: Path = typer.Option(None, help=_WEIGHTS_HELP),
-    calib: int = typer.Option(256, min=1, help=_CALIB_HELP),
-    batch: str = typer.Option("1,8", help="batch sizes to time, comma-separated"),
-    threads: str = typer.Option("1,2", help="thread counts, comma-separated"),
-    rounds: int = typer.Option(3, min=1, help="fresh processes per measurement (the median is kept)"),
-    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
-) -> None:
-    """Time fp32 PyTorch, fp32 ONNX Runtime and the int8 model in ONNX Runtime and lowbit's engine.
-
-    Each measurement runs in its own process; the engine is timed for static recipes. A spinner shows on stderr.
-
-    \b
-    Examples:
-      lowbit bench --model zoo:resnet20 --recipe w8a8 --json
-      lowbit bench --model zoo:lenet5 --batch 1,32 --threads 1 --rounds 5
-    """
-    from lowbit.jobs import run_bench
-
-    _check_source(model)
-    _check_file("--weights", weights)
-    _check_recipe(recipe)
-    batches = _positive_list(batch, "--batch", "1,8")
-    counts = _positive_list(threads, "--threads", "1,2")
-    result = _run_job(lambda: run_bench(model, recipe, calib=calib, weights=weights, batches=batches,
-                                        threads=counts, rounds=rounds),
-                      warn=False, status=f"timing {model} ({len(batches) * len(counts)} cells × {rounds} rounds)")
-    if as_json:
-        typer.echo(json.dumps(result))
-        return
-    table = Table(title=f"{model} ({result['recipe']}): median ms, each in its own process")
-    engine = result["engine"] is None
-    columns = ["batch", "threads", "pytorch fp32", "onnxruntime fp32", "onnxruntime int8"]
-    for column in columns + ["lowbit engine int8"] * engine + ["ORT int8 vs best fp32"]:
-        table.add_column(column, justify="right")
-    for c in result["cells"]:
-        table.add_row(str(c["batch"]), str(c["threads"]), f"{c['pytorch-fp32']:.2f}", f"{c['onnxruntime-fp32']:.2f}",
-                      f"{c['onnxruntime-int8']:.2f}", *([f"{c['engine-int8']:.2f}"] * engine),
-                      f"{c['speedup_vs_best_fp32']:.2f}×")
-    Console().print(table)
-    if not engine:
-        Console().print(f"engine not timed: {result['engine']}", markup=False)
-    sizes = result["bytes"]
-    Console().print(f"ONNX bytes: fp32 {sizes['onnxruntime-fp32']:,}, int8 {sizes['onnxruntime-int8']:,} "
-                    f"({sizes['onnxruntime-fp32'] / sizes['onnxruntime-int8']:.1f}× smaller)", markup=False)
-
-
-def _score(side: dict[str, Any]) -> str:
-    """The quality figure of one side: accuracy for classifiers; Spearman and cosine for text models."""
-    if "accuracy" in side:
-        return f"{side['accuracy']:.2f}%"
-    return f"ρ {side['spearman']:.4f}, cos {side['cosine']:.4f}"
-
-
-def _delta(fp32: dict[str, Any], q: dict[str, Any]) -> str:
-    key = "accuracy" if "accuracy" in q else "spearman"
-    return f"{q[key] - fp32[key]:+.2f}" if key == "accuracy" else f"{q[key] - fp32[key]:+.4f}"
-
-
-def _rows(results: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    """model, method, score, Δ, bytes, × smaller, latency, backend — fp32 once per model, then each method."""
-    rows, seen = [], set()
-    for r in results:
-        fp32, q = r["fp32"], r["quantized"]
-        if r["model"] not in seen:
-            seen.add(r["model"])
-            rows.append((r["model"], "fp32", _score(fp32), "", f"{fp32['bytes']:,}", "1.0",
-                         f"{fp32['latency_ms']:.2f}", fp32["backend"]))
-        rows.append(("", _method(r), _score(q), _delta(fp32, q), f"{q['bytes']:,}",
-                     f"{fp32['bytes'] / q['bytes']:.1f}", f"{q['latency_ms']:.2f}", q["backend"]))
-    return rows
-
-
-_COLUMNS = ("model", "method", "score", "Δ", "bytes", "× smaller", "latency ms", "backend")
-_NOTE = ("score: test accuracy; for text models ρ = Spearman with human similarities and cos = mean cosine to "
-         "fp32 embeddings. Latency: median of one batch of 32; 'simulation' runs fake quantization in float and is "
-         "not a speed result (`lowbit export` and `lowbit lower` run the integers).")
-
-
-def _print_results(results: list[dict[str, Any]]) -> None:
-    table = Table(title=None)
-    for column in _COLUMNS:
-        table.add_column(column, justify="left" if column in ("model", "method", "backend") else "right")
-    for row in _rows(results):
-        table.add_row(*row)
-    wide = Console(width=max(Console().width, 112))
-    wide.print(table)
-    wide.print(_NOTE, markup=False)
-
-
 DEMO_MODELS = ("zoo:lenet5", "zoo:resnet20", "zoo:mobilenetv2")
 # fp16 is left out of the demo: this CPU has no fast fp16 convolution (resnet20 runs 20x slower than in fp32)
 DEMO_METHODS = (("w8a8", "minmax"), ("w8a8", "entropy"), ("w8a8-pertensor", "minmax"), ("w8-dynamic", None),
@@ -810,15 +456,6 @@ def demo(
         err.print(f"wrote {out / 'demo.json'} and {out / 'demo.md'}", highlight=False, markup=False)
 
 
-def _method(result: dict[str, Any]) -> str:
-    return result["recipe"] + (f" ({result['observer']})" if result["observer"] else "")
-
-
-def _markdown(results: list[dict[str, Any]]) -> str:
-    lines = ["# lowbit demo: post-training quantization", "", "| " + " | ".join(_COLUMNS) + " |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
-    lines += ["| " + " | ".join(row) + " |" for row in _rows(results)]
-    return "\n".join(lines + ["", _NOTE]) + "\n"
 
 
 @app.command()
@@ -862,6 +499,10 @@ def weights(
         table.add_row(str(b), *(f"{statistics.fmean(cells[(b, g)]):.1f} [{min(cells[(b, g)]):.1f}]" for g in labels))
     Console().print(f"MiniLM-L6: SQNR (dB) of its {len(tensors)} Linear weights — mean [worst layer]", markup=False)
     Console().print(table)
+
+
+# export, lower and bench live in their own module; importing it registers them on `app`, after the commands above
+from lowbit.cli import _deploy  # noqa: E402,F401
 
 
 if __name__ == "__main__":  # pragma: no cover
