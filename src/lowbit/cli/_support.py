@@ -150,13 +150,7 @@ def _positive_list(text: str, option: str, example: str) -> tuple[int, ...]:
 
 def _input_shape(text: str) -> tuple[int, ...]:
     """``--input-shape`` parsed: positive integers separated by commas (exits 2 otherwise)."""
-    try:
-        shape = tuple(int(d) for d in text.split(","))
-    except ValueError:
-        shape = ()
-    if not shape or any(d < 1 for d in shape):
-        _fail(f"--input-shape must be positive integers separated by commas, got {text!r}")
-    return shape
+    return _positive_list(text, "--input-shape", "1,1,28,28")
 
 
 def _check_runs(model: Any, shape: tuple[int, ...], text: str) -> None:
