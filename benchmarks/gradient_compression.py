@@ -31,20 +31,21 @@ EXAMPLE = ROOT / "examples" / "ddp_compressed.py"
 SETTINGS = {
     "fp32 all-reduce (DDP default)": ("none", []),
     "fp16": ("fp16", []),
-    "onebit + error feedback (β = 0.25, default)": ("onebit", []),
-    "onebit + error feedback (β = 0.5)": ("onebit", ["error_feedback=0.5"]),
-    "onebit + error feedback (β = 0.75)": ("onebit", ["error_feedback=0.75"]),
-    "onebit + full error feedback (β = 1)": ("onebit", ["error_feedback=true"]),
-    "onebit, no error feedback": ("onebit", ["error_feedback=false"]),
+    "onebit + error feedback (rotated, default)": ("onebit", []),
+    "onebit, rotated, no error feedback": ("onebit", ["error_feedback=false"]),
+    "onebit + error feedback, not rotated": ("onebit", ["rotate=false"]),
+    "onebit + damped feedback (β = 0.25), not rotated": ("onebit", ["rotate=false", "error_feedback=0.25"]),
+    "onebit, not rotated, no error feedback": ("onebit", ["rotate=false", "error_feedback=false"]),
     "qsgd s=16": ("qsgd", ["levels=16"]),
     "terngrad": ("terngrad", []),
     "terngrad, no clipping": ("terngrad", ["clip=none"]),
     "dorefa 4-bit": ("dorefa", ["bits=4"]),
 }
 BASELINE = "fp32 all-reduce (DDP default)"
+ONEBIT = "onebit + error feedback (rotated, default)"
 # the targets: times fewer bytes than fp32 all-reduce
-TARGET_RATIO = {"onebit + error feedback (β = 0.25, default)": 25, "terngrad": 14, "qsgd s=16": 6}
-WITHIN_ONE_POINT = ("onebit + error feedback (β = 0.25, default)", "qsgd s=16", "terngrad")
+TARGET_RATIO = {ONEBIT: 25, "terngrad": 14, "qsgd s=16": 6}
+WITHIN_ONE_POINT = (ONEBIT, "qsgd s=16", "terngrad")
 
 
 def run_one(scheme: str, options: list[str], processes: int, epochs: int, seed: int) -> dict:

@@ -3,7 +3,8 @@
 Two spawned processes train a small linear model for a few SGD steps under each scheme and save, per step, the
 gradient DDP handed back and the weights. The parent recomputes everything in one process: each rank's local
 gradient (its slice of the batch), each rank's codes (the rank's seeded generator, its residual, the max of the
-ranks' scalers), and the average in rank order. The hook must give that average bit for bit on both ranks, so the
+ranks' scalers; for onebit's rotation, the payload key of the seed, the rank and the step), and the average in
+rank order. The hook must give that average bit for bit on both ranks, so the
 replicas stay identical; ``fp32`` must also equal the one-process full-batch gradient (float summation order only).
 """
 
@@ -17,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lowbit import comm
-from lowbit.comm.hook import _RANK_STRIDE
+from lowbit.comm.hook import _RANK_STRIDE, payload_key
 from lowbit.comm.schemes import make_scheme
 from lowbit.functional.elias import elias_bits
 
@@ -25,7 +26,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 WORLD, STEPS, FEATURES, CLASSES, BATCH, SEED = 2, 3, 300, 5, 16, 7
 SETTINGS = [("fp32", {}), ("fp16", {}), ("bf16", {}), ("onebit", {"block": 128}),
-            ("onebit", {"block": 128, "error_feedback": False}), ("onebit", {"block": 128, "error_feedback": True}),
+            ("onebit", {"block": 128, "error_feedback": False}), ("onebit", {"block": 128, "error_feedback": 0.25}),
+            ("onebit", {"block": 128, "rotate": False}),
+            ("onebit", {"block": 100, "rotate": False, "error_feedback": 0.25}),
             ("qsgd", {"levels": 16, "block": 256}),
             ("terngrad", {"block": 256}), ("dorefa", {"bits": 4, "block": 256})]
 
@@ -85,8 +88,8 @@ def ranks(tmp_path_factory) -> list[dict]:
 def _reference(name: str, options: dict) -> tuple[list[torch.Tensor], int, int]:
     """Per step, the averaged gradient computed in one process; and the bytes and bits each rank sends."""
     options = dict(options)
-    # the feedback fraction β: 0.25 by default for onebit, True is 1, False 0 (register's docstring)
-    error_feedback = float(options.pop("error_feedback", 0.25 if name == "onebit" else 0.0))
+    # the feedback fraction β: 1 by default for onebit, 0 for the others; False is 0 (register's docstring)
+    error_feedback = float(options.pop("error_feedback", 1.0 if name == "onebit" else 0.0))
     scheme = make_scheme(name, **options)
     models = [_model() for _ in range(WORLD)]
     optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in models]
@@ -111,7 +114,8 @@ def _reference(name: str, options: dict) -> tuple[list[torch.Tensor], int, int]:
             sent += 4 * scalers.numel()
         decoded, lengths = [], []
         for r, e in enumerate(local):
-            payload, value, info = scheme.encode(e, generators[r], scalers, segments)
+            # one bucket, so the exchange's index is the step
+            payload, value, info = scheme.encode(e, generators[r], scalers, segments, payload_key(SEED, r, step))
             decoded.append(value)
             lengths.append(payload.numel())
             if r == 0:
@@ -191,6 +195,10 @@ def test_register_refuses_a_plain_model_and_bad_options():
         comm.make_scheme("onebit", levels=4)
     with pytest.raises(ValueError, match="block"):
         comm.make_scheme("qsgd", block=0)
+    with pytest.raises(ValueError, match="power-of-two block, got 100"):
+        comm.make_scheme("onebit", block=100)
+    with pytest.raises(ValueError, match="rotate must be True or False, got 'no'"):
+        comm.make_scheme("onebit", rotate="no")
     with pytest.raises(ValueError, match="error_feedback must be a bool or a fraction in \\[0, 1\\], got 1.5"):
         comm.hook._feedback_fraction("onebit", 1.5)
     with pytest.raises(ValueError, match="got nan"):
@@ -198,7 +206,7 @@ def test_register_refuses_a_plain_model_and_bad_options():
     # numpy scalars are numbers too; None is each scheme's default
     assert comm.hook._feedback_fraction("onebit", np.float32(0.5)) == 0.5
     assert comm.hook._feedback_fraction("onebit", np.True_) == 1.0
-    assert comm.hook._feedback_fraction("onebit", None) == 0.25 and comm.hook._feedback_fraction("qsgd", None) == 0
+    assert comm.hook._feedback_fraction("onebit", None) == 1 and comm.hook._feedback_fraction("qsgd", None) == 0
 
 
 def test_fit_refuses_compression_without_ddp():

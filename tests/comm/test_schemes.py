@@ -18,8 +18,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SIZES = [1, 511, 512, 513, 5000]
 BLOCKS = [64, 512]
-CODED = [("onebit", {}), ("qsgd", {}), ("terngrad", {})] + [("dorefa", {"bits": b}) for b in (1, 2, 4, 8)]
+CODED = [("onebit", {}), ("onebit", {"rotate": False}), ("qsgd", {}), ("terngrad", {})] + [
+    ("dorefa", {"bits": b}) for b in (1, 2, 4, 8)]
 CASTS = ["fp16", "bf16", "fp32"]
+
+
+def _id(name: str, options: dict) -> str:
+    return f"{name}{options.get('bits', '')}{'-plain' if options.get('rotate') is False else ''}"
 
 
 def _gradient(n: int, seed: int = 0) -> torch.Tensor:
@@ -29,17 +34,22 @@ def _gradient(n: int, seed: int = 0) -> torch.Tensor:
     return x
 
 
-def _encode(scheme, x, seed=1):
+def _encode(scheme, x, seed=1, key=0):
     scalers = scheme.scalers(x)
-    payload, local, bits = scheme.encode(x, torch.Generator().manual_seed(seed), scalers)
+    payload, local, bits = scheme.encode(x, torch.Generator().manual_seed(seed), scalers, key=key)
     return payload, local, bits, scalers
+
+
+def _rotated_codes(n: int, block: int) -> int:
+    """Sign bits of the rotated onebit code: each block's length rounded up to a power of two."""
+    return sum(1 << (min(block, n - start) - 1).bit_length() for start in range(0, n, block))
 
 
 def _expected_bits(name: str, options: dict, n: int, block: int, x: torch.Tensor, seed: int = 1) -> int:
     """Unpadded information bits from the documented layout (block floats first, then the codes)."""
     blocks = math.ceil(n / block)
     if name == "onebit":
-        return 32 * blocks + n
+        return 32 * blocks + (n if options.get("rotate") is False else _rotated_codes(n, block))
     if name == "terngrad":
         return 2 * n
     if name == "dorefa":
@@ -55,7 +65,7 @@ def _expected_bytes(name: str, options: dict, n: int, block: int, bits: int) -> 
     """Payload bytes from the documented formulas."""
     blocks = math.ceil(n / block)
     if name == "onebit":
-        return 4 * blocks + math.ceil(n / 8)
+        return 4 * blocks + math.ceil((bits - 32 * blocks) / 8)
     if name == "terngrad":
         return math.ceil(n / 4)
     if name == "dorefa":
@@ -72,7 +82,7 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 @pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("name,options", CODED, ids=[f"{n}{o.get('bits', '')}" for n, o in CODED])
+@pytest.mark.parametrize("name,options", CODED, ids=[_id(n, o) for n, o in CODED])
 def test_coded_scheme_round_trip_and_sizes(name, options, n, block):
     """decode(payload) equals the encoder's local bit for bit; payload bytes and reported bits follow the documented
     per-scheme formulas."""
@@ -135,6 +145,8 @@ def test_qsgd_decodes_a_zero_padded_payload():
     ("dorefa", {"bits": 3}, "bits"),
     ("dorefa", {"bits": 16}, "bits"),
     ("onebit", {"block": 0}, "block"),
+    ("onebit", {"block": 500}, "power-of-two block, got 500"),
+    ("onebit", {"rotate": 1}, "rotate must be True or False"),
     ("qsgd", {"levels": 0}, "levels"),
 ])
 def test_make_scheme_rejects_bad_names_and_options(name, options, word):
@@ -143,10 +155,35 @@ def test_make_scheme_rejects_bad_names_and_options(name, options, word):
         make_scheme(name, **options)
 
 
-def test_onebit_error_feedback_telescopes():
-    """Error feedback as the hook does it (e = g + r, r = e − local) over 20 onebit steps: Σ local_t + r_T = Σ g_t
-    (float64 sums, float32 rounding tolerance), and the residual does not grow."""
+def test_onebit_rotation_follows_the_key():
+    """The rotation comes from the key: the same key gives the same payload, another key another one, and a
+    receiver decoding with the wrong key gets a different gradient (so the hook must agree on keys)."""
     scheme = make_scheme("onebit", block=64)
+    x = _gradient(1000, seed=3)
+    payload, local, _, _ = _encode(scheme, x, key=11)
+    assert torch.equal(_encode(scheme, x, key=11)[0], payload)
+    assert not torch.equal(_encode(scheme, x, key=12)[0], payload)
+    assert _same_bits(scheme.decode(payload, 1000, None, key=11), local)
+    assert not torch.equal(scheme.decode(payload, 1000, None, key=12), local)
+
+
+def test_rotation_spreads_a_heavy_tailed_block():
+    """On a gradient whose blocks are dominated by a few values, the rotated code's error is well below the
+    unrotated scaled sign's (one large value per block of 512 among small ones)."""
+    x = _gradient(4096, seed=6)
+    x[::512] = 1.0
+    errors = {}
+    for rotate in (True, False):
+        _, local, _, _ = _encode(make_scheme("onebit", rotate=rotate), x, key=5)
+        errors[rotate] = float((local - x).norm() / x.norm())
+    assert errors[True] < 0.75 and errors[False] > 0.95, errors
+
+
+@pytest.mark.parametrize("rotate", [True, False])
+def test_onebit_error_feedback_telescopes(rotate):
+    """Error feedback as the hook does it (e = g + r, r = e − local) over 20 onebit steps, a new key each step:
+    Σ local_t + r_T = Σ g_t (float64 sums, float32 rounding tolerance), and the residual does not grow."""
+    scheme = make_scheme("onebit", block=64, rotate=rotate)
     n, steps = 3000, 20
     g = torch.Generator().manual_seed(8)
     residual = torch.zeros(n)
@@ -156,8 +193,8 @@ def test_onebit_error_feedback_telescopes():
     for _ in range(steps):
         grad = torch.randn(n, generator=g) * (1 + torch.rand(n, generator=g) * 4)
         e = grad + residual
-        payload, local, _, _ = _encode(scheme, e)
-        assert _same_bits(scheme.decode(payload, n, None), local)
+        payload, local, _, _ = _encode(scheme, e, key=len(norms))
+        assert _same_bits(scheme.decode(payload, n, None, key=len(norms)), local)
         residual = e - local
         sent += local.double()
         total += grad.double()

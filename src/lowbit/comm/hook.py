@@ -3,11 +3,13 @@
 :func:`register` installs the hook on a ``DistributedDataParallel`` model. For each gradient bucket, every rank:
 
 1. adds its error-feedback residual, if enabled (G6: ``e = g + r``; after encoding, ``r = β·(e − decode(code(e)))``,
-   ``β`` the feedback fraction: 1 carries the whole error, Seide's form; ``onebit`` defaults to the damped 0.25);
+   ``β`` the feedback fraction: 1 carries the whole error, Seide's form and ``onebit``'s default);
 2. for TernGrad, max-reduces the per-block scalers so that every rank encodes and decodes with the same ones;
 3. encodes the bucket into a uint8 payload (:mod:`lowbit.comm.schemes`) and all-gathers the payloads (lengths
    first when they vary, as QSGD's do);
-4. decodes every rank's payload and averages them in rank order. Every rank decodes the same bytes in the same
+4. decodes every rank's payload and averages them in rank order. Randomness a receiver must share with the sender
+   (onebit's rotation) is seeded by :func:`payload_key` of the seed, the sender's rank and the exchange's index,
+   which every rank counts alike: DDP exchanges the same buckets in the same order on every rank. Every rank decodes the same bytes in the same
    order, so every rank ends with the same gradient bit for bit, and the replicas stay identical.
 
 The collectives are blocking: the hook returns a finished future. That costs DDP's overlap of communication
@@ -39,10 +41,23 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lowbit.comm.schemes import Scheme, make_scheme
 
-__all__ = ["CompressionHandle", "register"]
+__all__ = ["CompressionHandle", "register", "payload_key"]
 
 # One stream of random numbers per (seed, rank): far apart so that seed s on rank 1 is not seed s + 1 on rank 0.
 _RANK_STRIDE = 1_000_003
+
+
+def payload_key(seed: int, rank: int, exchange: int) -> int:
+    """The key of the payload ``rank`` sends in its ``exchange``-th bucket exchange (counted from 0) under ``seed``:
+    a 64-bit number mixed from the three (numpy's SeedSequence), so that nearby seeds, ranks and steps share no
+    random stream.
+
+    Example:
+        >>> payload_key(0, 1, 5) == payload_key(0, 1, 5) != payload_key(0, 0, 5)
+        True
+    """
+    words = [seed % 2**64, rank, exchange]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0])
 
 
 class CompressionHandle:
@@ -63,6 +78,8 @@ class CompressionHandle:
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
         self.residuals: dict[int, torch.Tensor] = {}  # id(parameter) → its flat residual
         self.generator: torch.Generator | None = None
+        # bucket exchanges so far: the payload keys' counter, the same on every rank; reset_counters leaves it
+        self.exchanges = 0
         self.reset_counters()
 
     def reset_counters(self) -> None:
@@ -90,7 +107,9 @@ class CompressionHandle:
         if scalers is not None:
             dist.all_reduce(scalers, op=dist.ReduceOp.MAX, group=self.group)
             self.bytes_sent += scalers.numel() * scalers.element_size()
-        payload, local, bits = self.scheme.encode(x, self._generator(x.device), scalers, segments)
+        keys = [payload_key(self.seed, rank, self.exchanges) for rank in range(self.world)]
+        self.exchanges += 1
+        payload, local, bits = self.scheme.encode(x, self._generator(x.device), scalers, segments, keys[self.rank])
         if self.error_feedback:
             residual = x - local
             self._keep_residual(parameters, residual if self.error_feedback == 1 else self.error_feedback * residual)
@@ -98,7 +117,8 @@ class CompressionHandle:
         total = torch.zeros_like(x)
         for rank, received in enumerate(self._all_gather(payload)):
             # this rank's own codes are already decoded: `local` is decode(payload), bit for bit (tests)
-            total += local if rank == self.rank else self.scheme.decode(received, x.numel(), scalers, segments)
+            total += local if rank == self.rank else self.scheme.decode(received, x.numel(), scalers, segments,
+                                                                        keys[rank])
         self.bytes_uncompressed += 4 * x.numel()
         self.buckets += 1
         return total / self.world
@@ -145,13 +165,9 @@ def _hook(handle, bucket):  # (CompressionHandle, dist.GradBucket) -> Future[Ten
     return future
 
 
-# onebit's default feedback fraction: damped (see register's docstring and docs/benchmarks.md)
-ONEBIT_FEEDBACK = 0.25
-
-
 def _feedback_fraction(scheme: str, error_feedback: bool | float | None) -> float:
     if error_feedback is None:
-        return ONEBIT_FEEDBACK if scheme == "onebit" else 0.0
+        return 1.0 if scheme == "onebit" else 0.0
     if isinstance(error_feedback, (bool, np.bool_)):
         return float(error_feedback)
     if not isinstance(error_feedback, numbers.Real) or not 0 <= error_feedback <= 1:
@@ -169,14 +185,15 @@ def register(ddp_model: DistributedDataParallel, scheme: str, *, seed: int = 0,
         scheme: ``onebit``, ``qsgd``, ``terngrad``, ``dorefa``, ``fp16``, ``bf16`` or ``fp32``.
         seed: seeds each rank's random stream (with the rank), so a rerun draws the same codes.
         error_feedback: the fraction ``β`` in [0, 1] of each step's compression error carried into the next step
-            (G6); ``True`` is 1 (the whole error, Seide et al.'s form), ``False`` is 0. Default: 0.25 for
-            ``onebit``, whose sign code is biased, and 0 for the others, which are unbiased without it. The
-            damped 0.25 is lowbit's choice, measured: with SGD momentum 0.9 on LeNet-5 for 2 epochs, β = 1 lost
-            7.6–9.9 points of accuracy and β = 0.25 lost 0.73 (2 processes) and 1.09 (4 processes) over four
-            seeds (docs/benchmarks.md). A one-process simulation without momentum did as well with β = 1.
+            (G6); ``True`` is 1 (the whole error, Seide et al.'s form), ``False`` is 0. Default: 1 for
+            ``onebit`` (1-bit SGD with error feedback), 0 for the others, which are unbiased without it.
+            ``onebit`` with ``rotate=False`` is biased, and with SGD momentum 0.9 full feedback lost 8–10 points
+            on LeNet-5 where the rotated code is within a point (docs/benchmarks.md); a fraction such as 0.25
+            damps that.
         process_group: the group to average over (default: the model's).
-        options: the scheme's own: ``block`` (elements per scale, default 512), ``levels`` (qsgd, default 16),
-            ``bits`` (dorefa: 1, 2, 4 or 8, default 4).
+        options: the scheme's own: ``block`` (elements per scale, default 512; a power of two for ``onebit``'s
+            rotation), ``rotate`` (onebit, default True), ``levels`` (qsgd, default 16), ``bits`` (dorefa: 1, 2,
+            4 or 8, default 4), ``clip`` (terngrad, default 2.5).
 
     Returns:
         The :class:`CompressionHandle` with the byte counters.

@@ -5,7 +5,8 @@ reads any rank's payload back into floats. Per-block float32 numbers travel in f
 
 | scheme | payload | bits per element (block 512) |
 |---|---|---|
-| ``onebit`` | mean ``|x|`` per block, 1-bit signs | 1.06 |
+| ``onebit`` | a scale per block, the 1-bit signs of its random rotation (DRIVE) | 1.06 (+ short blocks' padding) |
+| ``onebit``, ``rotate=False`` | mean ``|x|`` per block, 1-bit signs | 1.06 |
 | ``qsgd`` | 2-norm per block, Elias-gamma levels (variable length) | ≈ 2–3 at s = 16 |
 | ``terngrad`` | 2-bit ternary codes; the scalers travel in a max all-reduce | 2.06 |
 | ``dorefa`` | ``max|x|`` per block, k-bit codes | k + 0.06 |
@@ -14,8 +15,8 @@ reads any rank's payload back into floats. Per-block float32 numbers travel in f
 Example:
     >>> import torch
     >>> scheme = make_scheme("onebit", block=4)
-    >>> payload, local, bits = scheme.encode(torch.tensor([0.5, -1.0, 0.25, 0.0]), None, None)
-    >>> payload.numel(), bits, scheme.decode(payload, 4, None).tolist() == local.tolist()
+    >>> payload, local, bits = scheme.encode(torch.tensor([0.5, -1.0, 0.25, 0.0]), None, None, key=7)
+    >>> payload.numel(), bits, scheme.decode(payload, 4, None, key=7).tolist() == local.tolist()
     (5, 36, True)
 """
 
@@ -65,38 +66,69 @@ class Scheme:
         return None
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None, scalers: torch.Tensor | None,
-               segments: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+               segments: Sequence[int] | None = None, key: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
         """``(payload, local, bits)``: the uint8 bytes to send, the float32 gradient they stand for, and the bits
         of information in the payload (its bytes less the padding of the last one). ``segments``: the sizes of
         the bucket's parameters, whose blocks are cut separately (:func:`lowbit.functional.gradient_codes.layout`).
+        ``generator``: the sender's own random stream. ``key``: a number the sender and every receiver agree on
+        for this payload (the hook derives it from the seed, the sender's rank and the exchange), the seed of
+        randomness both sides need (onebit's rotation); schemes without such randomness ignore it.
         """
         raise NotImplementedError
 
     def decode(self, payload: torch.Tensor, numel: int, scalers: torch.Tensor | None,
-               segments: Sequence[int] | None = None) -> torch.Tensor:
-        """The float32 gradient (``numel`` values) a payload stands for."""
+               segments: Sequence[int] | None = None, key: int = 0) -> torch.Tensor:
+        """The float32 gradient (``numel`` values) a payload stands for; ``key`` as the sender's :meth:`encode`."""
         raise NotImplementedError
 
 
 @dataclass(frozen=True)
 class OneBit(Scheme):
-    """Sign and per-block mean magnitude: 1-bit SGD (Seide et al. 2014) in the scaled-sign form (G1)."""
+    """One bit per value and one float32 scale per block: 1-bit SGD (Seide et al. 2014).
+
+    ``rotate=True`` (default): DRIVE (Vargaftik et al. 2021, G8). Each block is turned by a random Hadamard
+    rotation drawn from the payload's ``key``, and the signs of the rotated block travel with the scale
+    ``‖x‖₂²/‖y‖₁`` that makes the decoded block unbiased. The rotation spreads a block's few large values over
+    all of its coordinates, so one scale fits them all. A block of ``P`` values must be a power of two; a
+    segment's short last block is padded to the next power of two, and the padding's signs travel too.
+
+    ``rotate=False``: the scaled sign of Karimireddy et al. 2019 (G1), ``sign(x)`` and the block's mean ``|x|``.
+    Cheaper to compute, but biased: with error feedback and momentum it lost up to 10 points here
+    (docs/benchmarks.md).
+    """
 
     block: int = 512
+    rotate: bool = True
     name = "onebit"
 
     def __post_init__(self) -> None:
-        G._check_block(self.block)
+        if not isinstance(self.rotate, bool):
+            raise ValueError(f"onebit: rotate must be True or False, got {self.rotate!r}")
+        (G._check_rotation_block if self.rotate else G._check_block)(self.block)
 
-    def encode(self, x, generator, scalers, segments=None):
-        signs, scales = G.onebit_encode(x, self.block, segments)
+    def _diagonal(self, numel, segments, key, device):
+        generator = torch.Generator(device=device).manual_seed(key)
+        return G.rotation_diagonal(numel, self.block, generator, segments, device)
+
+    def encode(self, x, generator, scalers, segments=None, key=0):
+        if not self.rotate:
+            signs, scales = G.onebit_encode(x, self.block, segments)
+            local = G.onebit_decode(signs, scales, self.block, segments)
+        else:
+            diagonal = self._diagonal(x.numel(), segments, key, x.device)
+            signs, scales = G.rotated_onebit_encode(x, self.block, diagonal, segments)
+            local = G.rotated_onebit_decode(signs, scales, self.block, diagonal, x.numel(), segments)
         payload = torch.cat([_as_bytes(scales), pack_lanes(signs, 1)])
-        return payload, G.onebit_decode(signs, scales, self.block, segments), 32 * scales.numel() + x.numel()
+        return payload, local, 32 * scales.numel() + signs.numel()
 
-    def decode(self, payload, numel, scalers, segments=None):
-        blocks = _blocks(numel, self.block, segments)
-        signs = unpack_lanes(payload[4 * blocks:], 1, numel)
-        return G.onebit_decode(signs, _floats(payload, blocks), self.block, segments)
+    def decode(self, payload, numel, scalers, segments=None, key=0):
+        lay = G.layout(numel, self.block, segments)
+        scales = _floats(payload, lay.rows)
+        if not self.rotate:
+            return G.onebit_decode(unpack_lanes(payload[4 * lay.rows:], 1, numel), scales, self.block, segments)
+        signs = unpack_lanes(payload[4 * lay.rows:], 1, int(G.rotated_lengths(lay).sum()))
+        diagonal = self._diagonal(numel, segments, key, payload.device)
+        return G.rotated_onebit_decode(signs, scales, self.block, diagonal, numel, segments)
 
 
 @dataclass(frozen=True)
@@ -115,7 +147,7 @@ class QSGD(Scheme):
         G._check_block(self.block)
         G._check_levels(self.levels)
 
-    def encode(self, x, generator, scalers, segments=None):
+    def encode(self, x, generator, scalers, segments=None, key=0):
         signed, norms = G.qsgd_encode(x, self.levels, self.block, generator, segments)
         levels = signed.cpu().numpy()
         stream = torch.from_numpy(elias_encode(levels)).to(x.device)
@@ -123,7 +155,7 @@ class QSGD(Scheme):
         bits = 32 * norms.numel() + elias_bits(levels)
         return payload, G.qsgd_decode(signed, norms, self.levels, self.block, segments), bits
 
-    def decode(self, payload, numel, scalers, segments=None):
+    def decode(self, payload, numel, scalers, segments=None, key=0):
         blocks = _blocks(numel, self.block, segments)
         stream = payload[4 * blocks:].cpu().numpy()
         signed = torch.from_numpy(elias_decode(stream, numel).astype(np.int32)).to(payload.device)
@@ -156,12 +188,12 @@ class TernGrad(Scheme):
     def scalers(self, x, segments=None):
         return G.block_absmax(self._clipped(x, segments), self.block, segments)
 
-    def encode(self, x, generator, scalers, segments=None):
+    def encode(self, x, generator, scalers, segments=None, key=0):
         ternary = G.terngrad_encode(self._clipped(x, segments), scalers, self.block, generator, segments)
         payload = pack_lanes((ternary + 1).to(torch.uint8), 2)
         return payload, G.terngrad_decode(ternary, scalers, self.block, segments), 2 * x.numel()
 
-    def decode(self, payload, numel, scalers, segments=None):
+    def decode(self, payload, numel, scalers, segments=None, key=0):
         ternary = unpack_lanes(payload, 2, numel).to(torch.int8) - 1
         return G.terngrad_decode(ternary, scalers, self.block, segments)
 
@@ -179,13 +211,13 @@ class DoReFa(Scheme):
         if self.bits not in (1, 2, 4, 8):
             raise ValueError(f"dorefa: bits must be 1, 2, 4 or 8 (whole fields per byte), got {self.bits!r}")
 
-    def encode(self, x, generator, scalers, segments=None):
+    def encode(self, x, generator, scalers, segments=None, key=0):
         codes, peaks = G.dorefa_encode(x, self.bits, self.block, generator, segments)
         payload = torch.cat([_as_bytes(peaks), pack_lanes(codes.to(torch.uint8), self.bits)])
         bits = 32 * peaks.numel() + self.bits * x.numel()
         return payload, G.dorefa_decode(codes, peaks, self.bits, self.block, segments), bits
 
-    def decode(self, payload, numel, scalers, segments=None):
+    def decode(self, payload, numel, scalers, segments=None, key=0):
         blocks = _blocks(numel, self.block, segments)
         codes = unpack_lanes(payload[4 * blocks:], self.bits, numel)
         return G.dorefa_decode(codes, _floats(payload, blocks), self.bits, self.block, segments)
@@ -205,12 +237,12 @@ class Cast(Scheme):
     def name(self) -> str:  # type: ignore[override]
         return self.dtype
 
-    def encode(self, x, generator, scalers, segments=None):
+    def encode(self, x, generator, scalers, segments=None, key=0):
         cast = x.to(_CASTS[self.dtype])
         payload = _as_bytes(cast)
         return payload, cast.to(torch.float32), 8 * payload.numel()
 
-    def decode(self, payload, numel, scalers, segments=None):
+    def decode(self, payload, numel, scalers, segments=None, key=0):
         return _floats(payload, numel, _CASTS[self.dtype]).to(torch.float32)
 
 

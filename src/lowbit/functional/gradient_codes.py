@@ -6,6 +6,8 @@ gradient the codes stand for. Randomness comes only from the ``generator`` passe
 repeatable. No communication happens here (:mod:`lowbit.comm` moves the codes).
 
 - ``onebit``: ``sign(x)`` (0 counts as +) and the block's mean ``|x|`` (G1). Biased; error feedback repairs it.
+- ``rotated_onebit``: DRIVE's 1-bit code, the signs of a random Hadamard rotation of each block and the scale
+  that makes it unbiased over the rotation (G8); the rotation's signs come from a generator both sides share.
 - ``qsgd``: levels ``l = ⌊s·|x|/‖x‖₂ + u⌋`` with ``u ~ U[0, 1)``, sent as ``sign·l`` with the block's norm;
   ``E[‖x‖₂·sign·l/s] = x`` (G2).
 - ``terngrad``: ``t = sign(x)·Bernoulli(|x|/m)`` with a scaler ``m ≥ max|x|`` per block, shared by all workers;
@@ -32,9 +34,11 @@ from typing import NamedTuple
 import torch
 
 from lowbit.functional.dorefa import dorefa_gradient_codes, dorefa_gradient_values
+from lowbit.functional.hadamard import fwht, is_power_of_two, random_signs
 
-__all__ = ["Layout", "layout", "block_rows", "block_absmax", "clip_to_std", "onebit_encode", "onebit_decode", "qsgd_encode", "qsgd_decode",
-           "terngrad_encode", "terngrad_decode", "dorefa_encode", "dorefa_decode"]
+__all__ = ["Layout", "layout", "block_rows", "block_absmax", "clip_to_std", "onebit_encode", "onebit_decode",
+           "rotated_lengths", "rotation_diagonal", "rotated_onebit_encode", "rotated_onebit_decode",
+           "qsgd_encode", "qsgd_decode", "terngrad_encode", "terngrad_decode", "dorefa_encode", "dorefa_decode"]
 
 
 def _check_block(block: int) -> None:
@@ -133,6 +137,80 @@ def onebit_decode(signs: torch.Tensor, scales: torch.Tensor, block: int,
     """``+scale`` where the sign bit is 1, ``−scale`` where it is 0."""
     magnitude = _per_element(scales, block, signs.numel(), segments)
     return torch.where(signs.bool(), magnitude, -magnitude)
+
+
+def _check_rotation_block(block: int) -> None:
+    _check_block(block)
+    if not is_power_of_two(block):
+        raise ValueError(f"a rotated code needs a power-of-two block, got {block!r}")
+
+
+def rotated_lengths(lay: Layout) -> torch.Tensor:
+    """Each block's rotated length: its element count rounded up to a power of two (int64, one per block).
+
+    A short block (the end of a segment) is zero-padded to that length before the rotation; the rotated vector
+    is dense, so every padded coordinate costs a code too.
+    """
+    return (2 ** torch.ceil(torch.log2(lay.counts.double()))).to(torch.int64)
+
+
+def rotation_diagonal(numel: int, block: int, generator: torch.Generator, segments: Sequence[int] | None = None,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """The random ±1 diagonal ``D`` of every block's rotation, a float32 ``(blocks, block)`` matrix (G8)."""
+    _check_rotation_block(block)
+    return random_signs((layout(numel, block, segments).rows, block), generator, device)
+
+
+def _rotate_rows(rows: torch.Tensor, lengths: torch.Tensor, diagonal: torch.Tensor, inverse: bool) -> torch.Tensor:
+    """``(H/√P)·D`` (or its inverse ``D·(H/√P)``) on the first ``P`` entries of each row, ``P`` the row's length."""
+    out = torch.zeros_like(rows)
+    for length in lengths.unique().tolist():
+        idx = (lengths == length).nonzero().squeeze(1)
+        part, signs = rows[idx, :length], diagonal[idx, :length]
+        out[idx, :length] = fwht(part) * signs if inverse else fwht(part * signs)
+    return out
+
+
+def _sent_mask(lay: Layout, lengths: torch.Tensor) -> torch.Tensor:
+    return torch.arange(lay.block, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def rotated_onebit_encode(x: torch.Tensor, block: int, diagonal: torch.Tensor,
+                          segments: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(signs, scales)`` of DRIVE's 1-bit code (G8): per block, ``y = (H/√P)·D·x``, uint8 ``[y ≥ 0]`` for all ``P``
+    rotated coordinates (blocks in order), and the float32 scale ``‖x‖₂²/‖y‖₁`` that makes the decoded block an
+    unbiased estimate of ``x`` over the random ``D`` (0 for a block of zeros).
+
+    Example:
+        >>> import torch
+        >>> D = rotation_diagonal(4, 4, torch.Generator().manual_seed(0))
+        >>> signs, scales = rotated_onebit_encode(torch.tensor([0.0, 3.0, 0.0, 0.0]), 4, D)
+        >>> rotated_onebit_decode(signs, scales, 4, D, 4).tolist()   # one large value: decoded exactly
+        [0.0, 3.0, 0.0, 0.0]
+    """
+    _check_rotation_block(block)
+    lay = _layout(x, block, segments)
+    rows = _rows(x, lay).to(torch.float32)
+    lengths = rotated_lengths(lay).to(x.device)
+    rotated = _rotate_rows(rows, lengths, diagonal, inverse=False)
+    l1 = rotated.abs().sum(dim=1)
+    scales = torch.where(l1 > 0, rows.square().sum(dim=1) / torch.where(l1 > 0, l1, 1.0), 0.0)
+    return (rotated >= 0)[_sent_mask(lay, lengths)].to(torch.uint8), scales
+
+
+def rotated_onebit_decode(signs: torch.Tensor, scales: torch.Tensor, block: int, diagonal: torch.Tensor,
+                          numel: int, segments: Sequence[int] | None = None) -> torch.Tensor:
+    """The ``numel`` float32 values ``D·(H/√P)·(±scale)`` stand for; the padding's coordinates are dropped."""
+    _check_rotation_block(block)
+    lay = _layout(numel, block, segments, signs.device)
+    lengths = rotated_lengths(lay).to(signs.device)
+    mask = _sent_mask(lay, lengths)
+    if signs.numel() != int(lengths.sum()) or scales.numel() != lay.rows:
+        raise ValueError(f"rotated_onebit_decode: {signs.numel()} signs and {scales.numel()} scales for "
+                         f"{int(lengths.sum())} rotated coordinates in {lay.rows} blocks")
+    codes = torch.zeros(lay.rows, block, device=signs.device)
+    codes[mask] = signs.to(torch.float32) * 2 - 1
+    return _flat(_rotate_rows(codes * scales[:, None], lengths, diagonal, inverse=True), lay)
 
 
 def _check_levels(levels: int) -> None:
