@@ -149,6 +149,9 @@ def test_rotated_code_refuses_bad_blocks_and_sizes():
     """Non-power-of-two blocks and payloads of the wrong size raise ValueError naming them."""
     with pytest.raises(ValueError, match="power-of-two block, got 100"):
         G.rotation_diagonal(10, 100, _gen(0))
+    with pytest.raises(ValueError, match="adding up to 10, got \\[3, 3\\]"):
+        G.rotation_diagonal(10, 8, _gen(0), [3, 3])
+    assert G.rotation_diagonal(300, 128, _gen(0), [200, 100]).shape == (G.layout(300, 128, [200, 100]).rows, 128)
     diagonal = G.rotation_diagonal(10, 8, _gen(0))
     signs, scales = G.rotated_onebit_encode(torch.randn(10), 8, diagonal)
     with pytest.raises(ValueError, match="9 signs and 2 scales for 10 rotated coordinates in 2 blocks"):

@@ -7,10 +7,11 @@
 2. for TernGrad, max-reduces the per-block scalers so that every rank encodes and decodes with the same ones;
 3. encodes the bucket into a uint8 payload (:mod:`lowbit.comm.schemes`) and all-gathers the payloads (lengths
    first when they vary, as QSGD's do);
-4. decodes every rank's payload and averages them in rank order. Randomness a receiver must share with the sender
-   (onebit's rotation) is seeded by :func:`payload_key` of the seed, the sender's rank and the exchange's index,
-   which every rank counts alike: DDP exchanges the same buckets in the same order on every rank. Every rank decodes the same bytes in the same
-   order, so every rank ends with the same gradient bit for bit, and the replicas stay identical.
+4. decodes every rank's payload and averages them in rank order. Every rank decodes the same bytes in the same
+   order, so every rank ends with the same gradient bit for bit, and the replicas stay identical. Randomness a
+   receiver must share with the sender (onebit's rotation) is seeded by :func:`payload_key` of the seed, the
+   sender's rank and the exchange's index, which every rank counts alike (DDP exchanges the same buckets in the
+   same order on every rank).
 
 The collectives are blocking: the hook returns a finished future. That costs DDP's overlap of communication
 with the backward pass, and keeps the hook the same for every backend (gloo, NCCL, MPI).

@@ -1,4 +1,4 @@
-"""Gradient codes for data-parallel training: 1-bit sign, QSGD, TernGrad, DoReFa (docs/math.md §14, G1–G5).
+"""Gradient codes for data-parallel training: 1-bit sign (plain or rotated), QSGD, TernGrad, DoReFa (docs/math.md §14).
 
 Every function takes a flat float gradient ``x`` cut into blocks of ``block`` elements (the last may be short;
 with ``segments``, each segment is cut on its own: :func:`layout`) and returns integer codes plus one float32 number per block; the matching ``*_decode`` gives back the float
@@ -158,7 +158,11 @@ def rotation_diagonal(numel: int, block: int, generator: torch.Generator, segmen
                       device: torch.device | str = "cpu") -> torch.Tensor:
     """The random ±1 diagonal ``D`` of every block's rotation, a float32 ``(blocks, block)`` matrix (G8)."""
     _check_rotation_block(block)
-    return random_signs((layout(numel, block, segments).rows, block), generator, device)
+    sizes = [numel] if segments is None else list(segments)
+    if any(size < 0 for size in sizes) or sum(sizes) != numel:
+        raise ValueError(f"segments must be sizes >= 0 adding up to {numel}, got {sizes}")
+    rows = sum(-(-size // block) for size in sizes)  # layout(...).rows, without building the positions
+    return random_signs((rows, block), generator, device)
 
 
 def _rotate_rows(rows: torch.Tensor, lengths: torch.Tensor, diagonal: torch.Tensor, inverse: bool) -> torch.Tensor:
