@@ -60,6 +60,9 @@ bench: $(STAMP) data peers
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/optim8bit.py --part speed
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/optim8bit.py --part train --model mlp
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/gradient_compression.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/gradient_compression.py --seeds 2 3 --only "fp32 all-reduce" "rotated, default" --out benchmarks/results/gradient_compression_seeds2-3
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/onebit_residual.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/gradient_compression.py --codec-time
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/conv_algorithms.py --part all
 
 # Peer quantizers (torchao, NNCF) live in their own environment with the same torch pin; only benchmarks use it.

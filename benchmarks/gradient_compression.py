@@ -8,8 +8,9 @@ scalers), against the 4 bytes per gradient value that fp32 all-reduce hands over
 
 Writes benchmarks/results/gradient_compression.{json,md}. Run:
 ``.venv/bin/python benchmarks/gradient_compression.py [--processes 2 4] [--epochs 2] [--seeds 0 1]``
-(about 30 minutes on 2 cores); ``--only onebit`` re-measures the settings whose label holds the word and keeps the
-other rows of the earlier result.
+(about 40 minutes on 2 cores); ``--only onebit`` re-measures the settings whose label holds the word and keeps the
+other rows of the earlier result. ``--codec-time`` instead times onebit's encoder and decoder, plain and rotated,
+on one thread (benchmarks/results/gradient_codec_time.{json,md}).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ SETTINGS = {
     "fp16": ("fp16", []),
     "onebit + error feedback (rotated, default)": ("onebit", []),
     "onebit, rotated, no error feedback": ("onebit", ["error_feedback=false"]),
-    "onebit + error feedback, not rotated": ("onebit", ["rotate=false"]),
+    "onebit + full error feedback, not rotated": ("onebit", ["rotate=false", "error_feedback=true"]),
     "onebit + damped feedback (β = 0.25), not rotated": ("onebit", ["rotate=false", "error_feedback=0.25"]),
     "onebit, not rotated, no error feedback": ("onebit", ["rotate=false", "error_feedback=false"]),
     "qsgd s=16": ("qsgd", ["levels=16"]),
@@ -134,6 +135,47 @@ def table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def codec_time(repeats: int = 7) -> dict:
+    """Median seconds of onebit's encode (with the sender's own decode, as the hook needs it) and of one decode,
+    plain and rotated, on LeNet-5's bucket and on one 4M-value bucket; one thread."""
+    import torch
+
+    from lowbit.comm.schemes import make_scheme
+    from lowbit.zoo.models import build
+
+    torch.set_num_threads(1)
+    lenet = [p.numel() for p in build("lenet5").parameters()]
+    rows = []
+    for label, segments in [("LeNet-5 (61,706 values, 10 parameters)", lenet), ("4,194,304 values", [2**22])]:
+        x = torch.randn(sum(segments), generator=torch.Generator().manual_seed(0))
+        for rotate in (False, True):
+            scheme = make_scheme("onebit", rotate=rotate)
+            encode, decode = [], []
+            for key in range(repeats):
+                started = time.perf_counter()
+                payload, _, _ = scheme.encode(x, None, None, segments, key)
+                encode.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                scheme.decode(payload, x.numel(), None, segments, key)
+                decode.append(time.perf_counter() - started)
+            rows.append({"bucket": label, "rotate": rotate, "values": x.numel(),
+                         "encode_seconds": statistics.median(encode), "decode_seconds": statistics.median(decode)})
+    return {"threads": 1, "repeats": repeats, "rows": rows}
+
+
+def codec_table(result: dict) -> str:
+    lines = [f"onebit's codec on one thread, median of {result['repeats']} (encode includes the sender's own "
+             "decode, which the hook keeps for error feedback).", "",
+             "| bucket | code | encode ms | decode ms | encode ns/value | decode ns/value |",
+             "|---|---|---:|---:|---:|---:|"]
+    for row in result["rows"]:
+        code = "rotated (default)" if row["rotate"] else "plain (rotate=False)"
+        e, d, n = row["encode_seconds"], row["decode_seconds"], row["values"]
+        lines.append(f"| {row['bucket']} | {code} | {e * 1e3:.1f} | {d * 1e3:.1f} | {e / n * 1e9:.0f} | "
+                     f"{d / n * 1e9:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, nargs="+", default=[2, 4])
@@ -142,7 +184,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "gradient_compression")
     parser.add_argument("--only", nargs="+", help="re-measure only the settings whose label contains one of these "
                         "words; the other rows are kept from --out's earlier JSON")
+    parser.add_argument("--codec-time", action="store_true", help="time onebit's codec instead of training")
     args = parser.parse_args()
+    if args.codec_time:
+        timed = codec_time()
+        (RESULTS / "gradient_codec_time.json").write_text(json.dumps(timed, indent=1))
+        (RESULTS / "gradient_codec_time.md").write_text(codec_table(timed))
+        print(codec_table(timed))
+        return
     earlier = args.out.with_suffix(".json")
     previous = json.loads(earlier.read_text()) if args.only and earlier.exists() else None
     result = measure(args.processes, args.epochs, args.seeds, args.only, previous)

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 WORLD, STEPS, FEATURES, CLASSES, BATCH, SEED = 2, 3, 300, 5, 16, 7
 SETTINGS = [("fp32", {}), ("fp16", {}), ("bf16", {}), ("onebit", {"block": 128}),
             ("onebit", {"block": 128, "error_feedback": False}), ("onebit", {"block": 128, "error_feedback": 0.25}),
-            ("onebit", {"block": 128, "rotate": False}),
+            ("onebit", {"block": 128, "rotate": False}), ("onebit", {"block": 128, "rotate": False,
+                                                                      "error_feedback": True}),
             ("onebit", {"block": 100, "rotate": False, "error_feedback": 0.25}),
             ("qsgd", {"levels": 16, "block": 256}),
             ("terngrad", {"block": 256}), ("dorefa", {"bits": 4, "block": 256})]
@@ -88,8 +89,10 @@ def ranks(tmp_path_factory) -> list[dict]:
 def _reference(name: str, options: dict) -> tuple[list[torch.Tensor], int, int]:
     """Per step, the averaged gradient computed in one process; and the bytes and bits each rank sends."""
     options = dict(options)
-    # the feedback fraction β: 1 by default for onebit, 0 for the others; False is 0 (register's docstring)
-    error_feedback = float(options.pop("error_feedback", 1.0 if name == "onebit" else 0.0))
+    # the feedback fraction β (register's docstring): by default 1 for onebit, 0.25 for onebit with rotate=False,
+    # 0 for the others; False is 0
+    default = (1.0 if options.get("rotate", True) else 0.25) if name == "onebit" else 0.0
+    error_feedback = float(options.pop("error_feedback", default))
     scheme = make_scheme(name, **options)
     models = [_model() for _ in range(WORLD)]
     optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in models]
@@ -185,6 +188,58 @@ def test_compressed_schemes_send_fewer_bytes(ranks):
     assert elias_bits([0]) == 1  # the bit count the handle adds up starts from the gamma code's definition
 
 
+def _bucket_worker(rank: int, store: str, out: str) -> None:
+    """Three layers in buckets of about 4 kB, so that every step makes several exchanges (and DDP rebuilds them
+    after the first); rotated onebit with full feedback; saves the weights and the exchange count."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(FEATURES, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32),
+                              torch.nn.ReLU(), torch.nn.Linear(32, CLASSES))
+    model = torch.nn.parallel.DistributedDataParallel(net, bucket_cap_mb=0.004)
+    handle = comm.register(model, "onebit", seed=SEED)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for step in range(STEPS):
+        x, y = _batch(step)
+        part = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[part]), y[part]).backward()
+        optimizer.step()
+    torch.save({"weights": [p.detach() for p in net.parameters()], "exchanges": handle.exchanges},
+               os.path.join(out, f"buckets{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_ranks_agree_on_rotations_across_several_buckets(tmp_path):
+    """With several buckets per step, both ranks derive the same payload keys (a rank decoding another's payload
+    with the wrong rotation would average a different gradient, and the replicas would part): weights identical
+    after every step's exchanges, and more exchanges than steps."""
+    mp.spawn(_bucket_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"buckets{r}.pt") for r in range(WORLD)]
+    assert ranks[0]["exchanges"] == ranks[1]["exchanges"] > STEPS
+    assert all(torch.equal(a, b) for a, b in zip(ranks[0]["weights"], ranks[1]["weights"]))
+
+
+def test_an_overflowed_step_leaves_the_residual_as_it_was(tmp_path):
+    """A gradient with inf (a GradScaler's overflow step, which the optimizer skips) goes out non-finite, so the
+    scaler sees it, and the error-feedback residual keeps its last finite value instead of turning NaN."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        layer = torch.nn.Linear(40, 3)
+        handle = comm.register(torch.nn.parallel.DistributedDataParallel(layer), "onebit", block=16)
+        parameters = list(layer.parameters())
+        handle.exchange(torch.randn(123), parameters)
+        kept = {k: v.clone() for k, v in handle.residuals.items()}
+        assert all(bool(v.abs().sum() > 0) for v in kept.values())
+        overflowed = torch.randn(123)
+        overflowed[5] = float("inf")
+        assert not bool(torch.isfinite(handle.exchange(overflowed, parameters)).all())
+        assert all(torch.equal(handle.residuals[k], v) for k, v in kept.items())
+        assert bool(torch.isfinite(handle.exchange(torch.randn(123), parameters)).all())
+    finally:
+        dist.destroy_process_group()
+
+
 def test_register_refuses_a_plain_model_and_bad_options():
     """register names what is wrong: a model that is not DDP, an unknown scheme, an option the scheme lacks."""
     with pytest.raises(ValueError, match="DistributedDataParallel"):
@@ -199,14 +254,18 @@ def test_register_refuses_a_plain_model_and_bad_options():
         comm.make_scheme("onebit", block=100)
     with pytest.raises(ValueError, match="rotate must be True or False, got 'no'"):
         comm.make_scheme("onebit", rotate="no")
+    onebit = comm.make_scheme("onebit")
     with pytest.raises(ValueError, match="error_feedback must be a bool or a fraction in \\[0, 1\\], got 1.5"):
-        comm.hook._feedback_fraction("onebit", 1.5)
+        comm.hook._feedback_fraction(onebit, 1.5)
     with pytest.raises(ValueError, match="got nan"):
-        comm.hook._feedback_fraction("onebit", float("nan"))
-    # numpy scalars are numbers too; None is each scheme's default
-    assert comm.hook._feedback_fraction("onebit", np.float32(0.5)) == 0.5
-    assert comm.hook._feedback_fraction("onebit", np.True_) == 1.0
-    assert comm.hook._feedback_fraction("onebit", None) == 1 and comm.hook._feedback_fraction("qsgd", None) == 0
+        comm.hook._feedback_fraction(onebit, float("nan"))
+    # numpy scalars are numbers too; None is each scheme's default (register's docstring)
+    assert comm.hook._feedback_fraction(onebit, np.float32(0.5)) == 0.5
+    assert comm.hook._feedback_fraction(onebit, np.True_) == 1.0
+    defaults = {name: comm.hook._feedback_fraction(comm.make_scheme(name, **options), None)
+                for name, options in [("onebit", {}), ("qsgd", {}), ("terngrad", {}), ("fp16", {})]}
+    assert defaults == {"onebit": 1.0, "qsgd": 0.0, "terngrad": 0.0, "fp16": 0.0}
+    assert comm.hook._feedback_fraction(comm.make_scheme("onebit", rotate=False), None) == 0.25
 
 
 def test_fit_refuses_compression_without_ddp():

@@ -50,8 +50,8 @@ _RANK_STRIDE = 1_000_003
 
 def payload_key(seed: int, rank: int, exchange: int) -> int:
     """The key of the payload ``rank`` sends in its ``exchange``-th bucket exchange (counted from 0) under ``seed``:
-    a 64-bit number mixed from the three (numpy's SeedSequence), so that nearby seeds, ranks and steps share no
-    random stream.
+    a 64-bit number mixed from the three by numpy's SeedSequence: under one seed, every rank and exchange gets a
+    stream of its own.
 
     Example:
         >>> payload_key(0, 1, 5) == payload_key(0, 1, 5) != payload_key(0, 0, 5)
@@ -113,7 +113,10 @@ class CompressionHandle:
         payload, local, bits = self.scheme.encode(x, self._generator(x.device), scalers, segments, keys[self.rank])
         if self.error_feedback:
             residual = x - local
-            self._keep_residual(parameters, residual if self.error_feedback == 1 else self.error_feedback * residual)
+            # an overflowed step (inf or NaN, as a GradScaler provokes on purpose) is one the optimizer skips:
+            # keep the residual it had, or every later step would inherit the NaN
+            if bool(torch.isfinite(residual).all()):
+                self._keep_residual(parameters, residual if self.error_feedback == 1 else self.error_feedback * residual)
         self.payload_bits += bits
         total = torch.zeros_like(x)
         for rank, received in enumerate(self._all_gather(payload)):
@@ -166,9 +169,9 @@ def _hook(handle, bucket):  # (CompressionHandle, dist.GradBucket) -> Future[Ten
     return future
 
 
-def _feedback_fraction(scheme: str, error_feedback: bool | float | None) -> float:
+def _feedback_fraction(scheme: Scheme, error_feedback: bool | float | None) -> float:
     if error_feedback is None:
-        return 1.0 if scheme == "onebit" else 0.0
+        return scheme.default_feedback
     if isinstance(error_feedback, (bool, np.bool_)):
         return float(error_feedback)
     if not isinstance(error_feedback, numbers.Real) or not 0 <= error_feedback <= 1:
@@ -187,10 +190,9 @@ def register(ddp_model: DistributedDataParallel, scheme: str, *, seed: int = 0,
         seed: seeds each rank's random stream (with the rank), so a rerun draws the same codes.
         error_feedback: the fraction ``β`` in [0, 1] of each step's compression error carried into the next step
             (G6); ``True`` is 1 (the whole error, Seide et al.'s form), ``False`` is 0. Default: 1 for
-            ``onebit`` (1-bit SGD with error feedback), 0 for the others, which are unbiased without it.
-            ``onebit`` with ``rotate=False`` is biased, and with SGD momentum 0.9 full feedback lost 8–10 points
-            on LeNet-5 where the rotated code is within a point (docs/benchmarks.md); a fraction such as 0.25
-            damps that.
+            ``onebit`` (1-bit SGD with error feedback), 0 for the others, which are unbiased without it, and 0.25
+            for ``onebit`` with ``rotate=False``: that code is biased, and with SGD momentum 0.9 full feedback
+            lost 8–10 points on LeNet-5 where 0.25 lost about one (docs/benchmarks.md).
         process_group: the group to average over (default: the model's).
         options: the scheme's own: ``block`` (elements per scale, default 512; a power of two for ``onebit``'s
             rotation), ``rotate`` (onebit, default True), ``levels`` (qsgd, default 16), ``bits`` (dorefa: 1, 2,
@@ -207,7 +209,7 @@ def register(ddp_model: DistributedDataParallel, scheme: str, *, seed: int = 0,
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"register: seed must be an int, got {seed!r}")
     compressor = make_scheme(scheme, **options)
-    feedback = _feedback_fraction(scheme, error_feedback)
+    feedback = _feedback_fraction(compressor, error_feedback)
     group = process_group if process_group is not None else getattr(ddp_model, "process_group", None)
     handle = CompressionHandle(compressor, feedback, seed, group)
     ddp_model.register_comm_hook(handle, _hook)

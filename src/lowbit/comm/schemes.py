@@ -55,11 +55,14 @@ class Scheme:
 
     ``variable_size``: payloads differ in length between ranks (their lengths are exchanged first).
     ``shares_scalers``: :meth:`scalers` gives per-block numbers that all ranks max-reduce before encoding.
+    ``default_feedback``: the error-feedback fraction ``β`` the hook uses when none is given (G6): 0 for the
+    unbiased codes.
     """
 
     name = "scheme"
     variable_size = False
     shares_scalers = False
+    default_feedback = 0.0
 
     def scalers(self, x: torch.Tensor, segments: Sequence[int] | None = None) -> torch.Tensor | None:
         """Numbers every rank must agree on before encoding (max-reduced across ranks), or None."""
@@ -87,14 +90,15 @@ class OneBit(Scheme):
     """One bit per value and one float32 scale per block: 1-bit SGD (Seide et al. 2014).
 
     ``rotate=True`` (default): DRIVE (Vargaftik et al. 2021, G8). Each block is turned by a random Hadamard
-    rotation drawn from the payload's ``key``, and the signs of the rotated block travel with the scale
-    ``‖x‖₂²/‖y‖₁`` that makes the decoded block unbiased. The rotation spreads a block's few large values over
-    all of its coordinates, so one scale fits them all. A block of ``P`` values must be a power of two; a
-    segment's short last block is padded to the next power of two, and the padding's signs travel too.
+    rotation drawn from the payload's ``key`` (on the CPU, so that every device draws the same signs), and the
+    signs of the rotated block travel with the scale ``‖x‖₂²/‖y‖₁``, which leaves the error orthogonal to the
+    block (nearly unbiased over the rotation). The rotation spreads a block's few large values over all of its
+    coordinates, so one scale fits them all. ``block`` must be a power of two; a segment's short last block is
+    padded to the next power of two, and the padding's signs travel too.
 
     ``rotate=False``: the scaled sign of Karimireddy et al. 2019 (G1), ``sign(x)`` and the block's mean ``|x|``.
-    Cheaper to compute, but biased: with error feedback and momentum it lost up to 10 points here
-    (docs/benchmarks.md).
+    About half the compute, but biased: with full error feedback and momentum it lost 8–10 points here
+    (docs/benchmarks.md), so its default feedback is damped (:attr:`default_feedback`).
     """
 
     block: int = 512
@@ -106,9 +110,15 @@ class OneBit(Scheme):
             raise ValueError(f"onebit: rotate must be True or False, got {self.rotate!r}")
         (G._check_rotation_block if self.rotate else G._check_block)(self.block)
 
+    @property
+    def default_feedback(self) -> float:  # type: ignore[override]
+        # full feedback for the rotated code; the plain one's measured best damping (docs/benchmarks.md)
+        return 1.0 if self.rotate else 0.25
+
     def _diagonal(self, numel, segments, key, device):
-        generator = torch.Generator(device=device).manual_seed(key)
-        return G.rotation_diagonal(numel, self.block, generator, segments, device)
+        # drawn on the CPU: a CUDA generator's stream for one seed can differ between GPU models
+        generator = torch.Generator().manual_seed(key)
+        return G.rotation_diagonal(numel, self.block, generator, segments).to(device)
 
     def encode(self, x, generator, scalers, segments=None, key=0):
         if not self.rotate:

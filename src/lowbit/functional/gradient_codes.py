@@ -7,7 +7,8 @@ repeatable. No communication happens here (:mod:`lowbit.comm` moves the codes).
 
 - ``onebit``: ``sign(x)`` (0 counts as +) and the block's mean ``|x|`` (G1). Biased; error feedback repairs it.
 - ``rotated_onebit``: DRIVE's 1-bit code, the signs of a random Hadamard rotation of each block and the scale
-  that makes it unbiased over the rotation (G8); the rotation's signs come from a generator both sides share.
+  that leaves the error orthogonal to the block, nearly unbiased over the rotation (G8); the rotation's signs
+  come from a generator both sides share.
 - ``qsgd``: levels ``l = ⌊s·|x|/‖x‖₂ + u⌋`` with ``u ~ U[0, 1)``, sent as ``sign·l`` with the block's norm;
   ``E[‖x‖₂·sign·l/s] = x`` (G2).
 - ``terngrad``: ``t = sign(x)·Bernoulli(|x|/m)`` with a scaler ``m ≥ max|x|`` per block, shared by all workers;
@@ -154,15 +155,16 @@ def rotated_lengths(lay: Layout) -> torch.Tensor:
     return (2 ** torch.ceil(torch.log2(lay.counts.double()))).to(torch.int64)
 
 
-def rotation_diagonal(numel: int, block: int, generator: torch.Generator, segments: Sequence[int] | None = None,
-                      device: torch.device | str = "cpu") -> torch.Tensor:
-    """The random ±1 diagonal ``D`` of every block's rotation, a float32 ``(blocks, block)`` matrix (G8)."""
+def rotation_diagonal(numel: int, block: int, generator: torch.Generator,
+                      segments: Sequence[int] | None = None) -> torch.Tensor:
+    """The random ±1 diagonal ``D`` of every block's rotation, a float32 ``(blocks, block)`` matrix on the
+    generator's device (G8)."""
     _check_rotation_block(block)
     sizes = [numel] if segments is None else list(segments)
     if any(size < 0 for size in sizes) or sum(sizes) != numel:
         raise ValueError(f"segments must be sizes >= 0 adding up to {numel}, got {sizes}")
     rows = sum(-(-size // block) for size in sizes)  # layout(...).rows, without building the positions
-    return random_signs((rows, block), generator, device)
+    return random_signs((rows, block), generator)
 
 
 def _rotate_rows(rows: torch.Tensor, lengths: torch.Tensor, diagonal: torch.Tensor, inverse: bool) -> torch.Tensor:
@@ -182,8 +184,9 @@ def _sent_mask(lay: Layout, lengths: torch.Tensor) -> torch.Tensor:
 def rotated_onebit_encode(x: torch.Tensor, block: int, diagonal: torch.Tensor,
                           segments: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(signs, scales)`` of DRIVE's 1-bit code (G8): per block, ``y = (H/√P)·D·x``, uint8 ``[y ≥ 0]`` for all ``P``
-    rotated coordinates (blocks in order), and the float32 scale ``‖x‖₂²/‖y‖₁`` that makes the decoded block an
-    unbiased estimate of ``x`` over the random ``D`` (0 for a block of zeros).
+    rotated coordinates (blocks in order), and the float32 scale ``‖x‖₂²/‖y‖₁`` at which ``⟨x̂, x⟩ = ‖x‖₂²`` (0 for
+    a block of zeros): the decoded block is nearly unbiased over the random ``D`` (exactly so for a uniformly
+    random rotation; the Hadamard one is close, measured in tests).
 
     Example:
         >>> import torch

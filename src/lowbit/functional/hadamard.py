@@ -48,9 +48,9 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     return (y * n ** -0.5).reshape(x.shape)
 
 
-def random_signs(shape: tuple[int, ...], generator: torch.Generator, device: torch.device | str = "cpu",
-                 ) -> torch.Tensor:
-    """A float32 tensor of independent ±1, each with probability ½, drawn from ``generator`` (the ``D`` of a
-    random Hadamard rotation: the same generator state gives the same signs on every process)."""
-    bits = torch.randint(0, 2, shape, generator=generator, dtype=torch.int8, device=device)
+def random_signs(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """A float32 tensor of independent ±1, each with probability ½, drawn from ``generator`` on its device (the
+    ``D`` of a random Hadamard rotation: the same CPU generator state gives the same signs on every process; a
+    CUDA generator's numbers can depend on the GPU model, so processes that must agree draw on the CPU)."""
+    bits = torch.randint(0, 2, shape, generator=generator, dtype=torch.int8, device=generator.device)
     return bits.to(torch.float32) * 2 - 1
