@@ -176,6 +176,14 @@ def codec_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results(out: Path, result: dict, markdown: str) -> None:
+    """``out``.json and ``out``.md (the table, also printed)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, nargs="+", default=[2, 4])
@@ -188,17 +196,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.codec_time:
         timed = codec_time()
-        (RESULTS / "gradient_codec_time.json").write_text(json.dumps(timed, indent=1))
-        (RESULTS / "gradient_codec_time.md").write_text(codec_table(timed))
-        print(codec_table(timed))
+        write_results(RESULTS / "gradient_codec_time", timed, codec_table(timed))
         return
     earlier = args.out.with_suffix(".json")
     previous = json.loads(earlier.read_text()) if args.only and earlier.exists() else None
     result = measure(args.processes, args.epochs, args.seeds, args.only, previous)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    args.out.with_suffix(".md").write_text(table(result))
-    print(table(result))
+    write_results(args.out, result, table(result))
 
 
 if __name__ == "__main__":

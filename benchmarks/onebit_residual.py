@@ -14,12 +14,13 @@ Recorded per setting: the ratio ``‖r‖/‖g‖`` (summed over workers) every 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from gradient_compression import write_results  # benchmarks/, beside this script
 
 from lowbit.analysis import accuracy
 from lowbit.comm.hook import payload_key
@@ -119,10 +120,7 @@ def main() -> None:
         rows[label] = simulate(rotate, beta, momentum, args.workers, args.seed, args.epochs)
         print(label, rows[label]["accuracy"], flush=True)
     result = {"model": "lenet5", "workers": args.workers, "seed": args.seed, "epochs": args.epochs, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    args.out.with_suffix(".md").write_text(table(result))
-    print(table(result))
+    write_results(args.out, result, table(result))
 
 
 if __name__ == "__main__":
