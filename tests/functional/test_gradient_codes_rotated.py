@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lowbit.functional import gradient_codes as G
 
@@ -66,6 +68,15 @@ def test_rotated_onebit_matches_float64_reference(segments, block):
     decoded = G.rotated_onebit_decode(signs, scales, block, diagonal, n, segments)
     assert decoded.dtype == torch.float32 and decoded.shape == (n,)
     np.testing.assert_allclose(decoded.numpy(), ref_decoded, rtol=1e-4, atol=1e-6 * float(x.abs().max()))
+
+
+@given(st.lists(st.integers(0, 700), min_size=1, max_size=5), st.sampled_from([1, 4, 64, 128]))
+def test_counts_without_a_layout_equal_the_layouts(sizes, block):
+    """block_count and rotated_code_count (arithmetic on the sizes) equal the layout's rows and the sum of its
+    rotated lengths."""
+    lay = G.layout(sum(sizes), block, sizes)
+    assert G.block_count(sum(sizes), block, sizes) == lay.rows
+    assert G.rotated_code_count(sum(sizes), block, sizes) == int(G.rotated_lengths(lay).sum())
 
 
 def test_rotated_lengths_round_blocks_up_to_powers_of_two():

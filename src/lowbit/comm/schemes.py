@@ -47,7 +47,7 @@ def _floats(payload: torch.Tensor, count: int, dtype: torch.dtype = torch.float3
 
 def _blocks(numel: int, block: int, segments: Sequence[int] | None) -> int:
     """Blocks of a gradient of ``numel`` values (each segment cut on its own)."""
-    return G.layout(numel, block, segments).rows
+    return G.block_count(numel, block, segments)
 
 
 class Scheme:
@@ -132,11 +132,11 @@ class OneBit(Scheme):
         return payload, local, 32 * scales.numel() + signs.numel()
 
     def decode(self, payload, numel, scalers, segments=None, key=0):
-        lay = G.layout(numel, self.block, segments)
-        scales = _floats(payload, lay.rows)
+        blocks = _blocks(numel, self.block, segments)
+        scales = _floats(payload, blocks)
         if not self.rotate:
-            return G.onebit_decode(unpack_lanes(payload[4 * lay.rows:], 1, numel), scales, self.block, segments)
-        signs = unpack_lanes(payload[4 * lay.rows:], 1, int(G.rotated_lengths(lay).sum()))
+            return G.onebit_decode(unpack_lanes(payload[4 * blocks:], 1, numel), scales, self.block, segments)
+        signs = unpack_lanes(payload[4 * blocks:], 1, G.rotated_code_count(numel, self.block, segments))
         diagonal = self._diagonal(numel, segments, key, payload.device)
         return G.rotated_onebit_decode(signs, scales, self.block, diagonal, numel, segments)
 

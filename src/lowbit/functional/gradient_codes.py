@@ -38,7 +38,7 @@ from lowbit.functional.dorefa import dorefa_gradient_codes, dorefa_gradient_valu
 from lowbit.functional.hadamard import fwht, is_power_of_two, random_signs
 
 __all__ = ["Layout", "layout", "block_rows", "block_absmax", "clip_to_std", "onebit_encode", "onebit_decode",
-           "rotated_lengths", "rotation_diagonal", "rotated_onebit_encode", "rotated_onebit_decode",
+           "block_count", "rotated_code_count", "rotated_lengths", "rotation_diagonal", "rotated_onebit_encode", "rotated_onebit_decode",
            "qsgd_encode", "qsgd_decode", "terngrad_encode", "terngrad_decode", "dorefa_encode", "dorefa_decode"]
 
 
@@ -74,9 +74,7 @@ def layout(numel: int, block: int, segments: Sequence[int] | None = None,
         ([0, 1, 2, 3, 4, 8, 9], [4.0, 1.0, 2.0], 3)
     """
     _check_block(block)
-    sizes = torch.tensor([numel] if segments is None else list(segments), dtype=torch.int64)
-    if bool((sizes < 0).any()) or int(sizes.sum()) != numel:
-        raise ValueError(f"segments must be sizes >= 0 adding up to {numel}, got {list(sizes.tolist())}")
+    sizes = torch.tensor(_segment_sizes(numel, segments), dtype=torch.int64)
     per_segment = (sizes + block - 1) // block
     first_row = torch.cumsum(per_segment, 0) - per_segment
     first_element = torch.cumsum(sizes, 0) - sizes
@@ -87,6 +85,35 @@ def layout(numel: int, block: int, segments: Sequence[int] | None = None,
     used = per_segment > 0
     counts[(first_row + per_segment - 1)[used]] = (sizes - (per_segment - 1) * block)[used].to(torch.float32)
     return Layout(positions.to(device), counts.to(device), rows, block)
+
+
+def _segment_sizes(numel: int, segments: Sequence[int] | None) -> list[int]:
+    """The segments' sizes (one segment of ``numel`` by default), checked to be >= 0 and to add up to ``numel``."""
+    sizes = [numel] if segments is None else [int(size) for size in segments]
+    if any(size < 0 for size in sizes) or sum(sizes) != numel:
+        raise ValueError(f"segments must be sizes >= 0 adding up to {numel}, got {sizes}")
+    return sizes
+
+
+def block_count(numel: int, block: int, segments: Sequence[int] | None = None) -> int:
+    """``layout(numel, block, segments).rows``, counted without building the layout.
+
+    Example:
+        >>> block_count(7, 4, [5, 2]), rotated_code_count(7, 4, [5, 2])   # blocks of 4, 1, 2 values
+        (3, 7)
+    """
+    _check_block(block)
+    return sum(-(-size // block) for size in _segment_sizes(numel, segments))
+
+
+def rotated_code_count(numel: int, block: int, segments: Sequence[int] | None = None) -> int:
+    """How many signs the rotated code sends: ``rotated_lengths(layout(...)).sum()``, counted without the layout."""
+    _check_block(block)
+    total = 0
+    for size in _segment_sizes(numel, segments):
+        full, rest = divmod(size, block)
+        total += full * block + (1 << (rest - 1).bit_length() if rest else 0)
+    return total
 
 
 def _layout(x: torch.Tensor | int, block: int, segments: Sequence[int] | None, device=None) -> Layout:
@@ -160,11 +187,7 @@ def rotation_diagonal(numel: int, block: int, generator: torch.Generator,
     """The random ±1 diagonal ``D`` of every block's rotation, a float32 ``(blocks, block)`` matrix on the
     generator's device (G8)."""
     _check_rotation_block(block)
-    sizes = [numel] if segments is None else list(segments)
-    if any(size < 0 for size in sizes) or sum(sizes) != numel:
-        raise ValueError(f"segments must be sizes >= 0 adding up to {numel}, got {sizes}")
-    rows = sum(-(-size // block) for size in sizes)  # layout(...).rows, without building the positions
-    return random_signs((rows, block), generator)
+    return random_signs((block_count(numel, block, segments), block), generator)
 
 
 def _rotate_rows(rows: torch.Tensor, lengths: torch.Tensor, diagonal: torch.Tensor, inverse: bool) -> torch.Tensor:
